@@ -1,0 +1,58 @@
+// ops.h — the differentiable ops (forward functions). Each records a Node when an input
+// requires grad; its backward rule (backward_NAME) sits next to it in ops/*.cpp and its
+// saved payload is declared in ops.def.
+#pragma once
+#include "tape.h"
+
+namespace spad {
+namespace ops {
+
+// elementwise (numpy broadcasting for binary ops; both operands must share a dtype)
+Tensor add(const Tensor &a, const Tensor &b);
+Tensor sub(const Tensor &a, const Tensor &b);
+Tensor mul(const Tensor &a, const Tensor &b);
+Tensor div(const Tensor &a, const Tensor &b);
+Tensor neg(const Tensor &x);
+Tensor pow(const Tensor &x, double p);
+Tensor exp(const Tensor &x);
+Tensor log(const Tensor &x);
+Tensor sqrt(const Tensor &x);
+Tensor tanh(const Tensor &x);
+Tensor sigmoid(const Tensor &x);
+Tensor relu(const Tensor &x);
+Tensor mask_mul(const Tensor &g, const Tensor &bits);  // g * unpack(bits): ReLU's backward
+Tensor mul_scalar(const Tensor &x, double s);
+Tensor add_scalar(const Tensor &x, double s);
+void add_(const Tensor &dst, const Tensor &src);  // dst += src, no grad (accumulation)
+
+// reductions: axes empty = all; negative axes count from the end
+Tensor sum(const Tensor &x, std::vector<int64_t> axes, bool keepdims);
+Tensor mean(const Tensor &x, std::vector<int64_t> axes, bool keepdims);
+Tensor max(const Tensor &x, std::vector<int64_t> axes, bool keepdims);
+Tensor sum_to(const Tensor &g, const Shape &shape);  // undo broadcasting: the one place
+Tensor expand(const Tensor &x, const Shape &shape);  // broadcast_to, differentiable
+
+// shape ops
+Tensor reshape(const Tensor &x, Shape shape);  // one -1 allowed
+Tensor permute(const Tensor &x, std::vector<int64_t> perm);
+Tensor transpose(const Tensor &x, int64_t a, int64_t b);
+Tensor take(const Tensor &x, const Tensor &flat_idx, const Shape &out_shape);  // x.flat[idx]
+Tensor scatter_add(const Tensor &g, const Tensor &flat_idx, const Shape &shape);
+Tensor concat(const std::vector<Tensor> &xs, int64_t axis);
+
+// linear algebra
+Tensor matmul(const Tensor &a, const Tensor &b);
+Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b);  // x @ W + b, b may be null
+
+// losses and normalizers
+Tensor softmax(const Tensor &x, int64_t axis);
+Tensor log_softmax(const Tensor &x, int64_t axis);
+Tensor cross_entropy(const Tensor &logits, const Tensor &labels);  // labels int64 (B,)
+Tensor mse_loss(const Tensor &pred, const Tensor &target);
+
+// helpers shared by op files
+int64_t norm_axis(const char *op, int64_t axis, int64_t ndim);
+void check_same_dtype(const char *op, const Tensor &a, const Tensor &b);
+
+}  // namespace ops
+}  // namespace spad

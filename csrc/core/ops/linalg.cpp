@@ -1,0 +1,163 @@
+// matmul (1-D, 2-D, batched with broadcasting) and the fused linear layer x @ W + b.
+// Both hand strided operands straight to GEMM (a transposed view becomes a trans flag,
+// not a copy). linear's saved input is where sampling policies act (see sampler.h).
+#include <algorithm>
+
+#include "../gemm.h"
+#include "../ops.h"
+#include "../sampler.h"
+
+namespace spad {
+namespace ops {
+
+// Can a (rows x cols) view with strides (sr, sc) be handed to GEMM directly?
+static bool gemm_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, bool &trans, int64_t &ld) {
+    if ((cols == 1 || sc == 1) && (rows == 1 || sr >= std::max<int64_t>(cols, 1))) {
+        trans = false;
+        ld = rows == 1 ? std::max<int64_t>(cols, 1) : sr;
+        return true;
+    }
+    if ((rows == 1 || sr == 1) && (cols == 1 || sc >= std::max<int64_t>(rows, 1))) {
+        trans = true;
+        ld = cols == 1 ? std::max<int64_t>(rows, 1) : sc;
+        return true;
+    }
+    return false;
+}
+
+static Tensor gemmable(const Tensor &t) {
+    const int64_t nd = t->ndim();
+    bool tr;
+    int64_t ld;
+    return gemm_layout(t->shape[nd - 2], t->shape[nd - 1], t->strides[nd - 2], t->strides[nd - 1], tr, ld)
+               ? t
+               : contiguous(t);
+}
+
+// C = A @ B for (..., M, K) @ (..., K, N) with broadcast batch dims; no autograd.
+static Tensor matmul_kernel(const Tensor &a_, const Tensor &b_, const Shape &batch) {
+    Tensor a = gemmable(a_), b = gemmable(b_);
+    const int64_t na = a->ndim(), nb = b->ndim();
+    const int64_t M = a->shape[na - 2], K = a->shape[na - 1], N = b->shape[nb - 1];
+    Shape oshape = batch;
+    oshape.push_back(M);
+    oshape.push_back(N);
+    Tensor out = empty(oshape, a->dtype);
+    bool ta, tb;
+    int64_t lda, ldb;
+    gemm_layout(M, K, a->strides[na - 2], a->strides[na - 1], ta, lda);
+    gemm_layout(K, N, b->strides[nb - 2], b->strides[nb - 1], tb, ldb);
+    // Batch strides of a and b as broadcast to `batch`.
+    const int64_t nbd = (int64_t)batch.size();
+    Shape sa(nbd, 0), sb(nbd, 0), so(nbd, 0);
+    for (int64_t i = 0; i < nbd; ++i) {
+        int64_t ia = i - (nbd - (na - 2)), ib = i - (nbd - (nb - 2));
+        if (ia >= 0 && a->shape[ia] != 1) sa[i] = a->strides[ia];
+        if (ib >= 0 && b->shape[ib] != 1) sb[i] = b->strides[ib];
+        so[i] = out->strides[i];
+    }
+    SPAD_FLOAT(a->dtype, T, {
+        const T *pa = a->data<T>(), *pb = b->data<T>();
+        T *po = out->data<T>();
+        auto one = [&](int64_t oo, int64_t ao, int64_t bo) {
+            gemm(ta, tb, M, N, K, T(1), pa + ao, lda, pb + bo, ldb, T(0), po + oo, N);
+        };
+        if (nbd == 0)
+            one(0, 0, 0);
+        else
+            nd_runs(batch, so.data(), sa.data(), sb.data(),
+                    [&](int64_t oo, int64_t ao, int64_t bo, int64_t n, int64_t s0, int64_t s1, int64_t s2) {
+                        for (int64_t i = 0; i < n; ++i) one(oo + i * s0, ao + i * s1, bo + i * s2);
+                    });
+    });
+    return out;
+}
+
+Tensor matmul(const Tensor &a, const Tensor &b) {
+    check_same_dtype("matmul", a, b);
+    SPAD_CHECK(a->ndim() >= 1 && b->ndim() >= 1, ValueError, "matmul: both operands need at least one dimension, got ",
+               shape_str(a->shape), " and ", shape_str(b->shape));
+    if (a->ndim() == 1) {
+        Shape s = b->shape;
+        s.erase(s.end() - 2);
+        return reshape(matmul(reshape(a, {1, a->shape[0]}), b), s);
+    }
+    if (b->ndim() == 1) {
+        Shape s = a->shape;
+        s.pop_back();
+        return reshape(matmul(a, reshape(b, {b->shape[0], 1})), s);
+    }
+    const int64_t na = a->ndim(), nb = b->ndim();
+    SPAD_CHECK(a->shape[na - 1] == b->shape[nb - 2], ValueError, "matmul: shapes ", shape_str(a->shape), " and ",
+               shape_str(b->shape), " are not aligned: ", a->shape[na - 1], " (dim ", na - 1, ") != ",
+               b->shape[nb - 2], " (dim ", nb - 2, ")");
+    Shape ba(a->shape.begin(), a->shape.end() - 2), bb(b->shape.begin(), b->shape.end() - 2);
+    Shape batch = broadcast_shapes("matmul", ba, bb);
+    Tensor out = matmul_kernel(a, b, batch);
+    auto node = make_node(OpKind::MATMUL, {&a, &b});
+    if (node) {
+        if (node->needs(1)) node->saved[0].pack_exact(a);
+        if (node->needs(0)) node->saved[1].pack_exact(b);
+    }
+    attach(out, node);
+    return out;
+}
+}  // namespace ops
+using namespace ops;
+void backward_MATMUL(Node &n, const Tensor &g, Tensor *gin) {
+    if (n.needs(0)) gin[0] = sum_to(matmul(g, transpose(n.saved[1].get("matmul"), -1, -2)), n.in_shape[0]);
+    if (n.needs(1)) gin[1] = sum_to(matmul(transpose(n.saved[0].get("matmul"), -1, -2), g), n.in_shape[1]);
+}
+namespace ops {
+
+Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b) {
+    check_same_dtype("linear", x, W);
+    SPAD_CHECK(W->ndim() == 2 && x->ndim() >= 1 && x->shape.back() == W->shape[0], ValueError,
+               "linear: input of shape ", shape_str(x->shape), " does not match weight of shape ",
+               shape_str(W->shape), " (expected input (..., ", W->ndim() == 2 ? W->shape[0] : -1, "))");
+    const int64_t in = W->shape[0], outf = W->shape[1];
+    const int64_t R = in ? x->numel() / in : 0;
+    if (b) {
+        check_same_dtype("linear", x, b);
+        SPAD_CHECK(b->ndim() == 1 && b->shape[0] == outf, ValueError, "linear: bias of shape ", shape_str(b->shape),
+                   " does not match weight of shape ", shape_str(W->shape), " (expected (", outf, ",))");
+    }
+    Tensor x2 = contiguous(x);
+    Shape oshape = x->shape;
+    oshape.back() = outf;
+    Tensor out = empty(oshape, x->dtype);
+    Tensor w = gemmable(W);
+    bool tw;
+    int64_t ldw;
+    gemm_layout(in, outf, w->strides[0], w->strides[1], tw, ldw);
+    SPAD_FLOAT(x->dtype, T, {
+        T *o = out->data<T>();
+        T beta = 0;
+        if (b) {
+            Tensor bc = contiguous(b);
+            const T *pb = bc->data<T>();
+            for (int64_t r = 0; r < R; ++r) std::copy(pb, pb + outf, o + r * outf);
+            beta = 1;
+        }
+        gemm(false, tw, R, outf, in, T(1), x2->data<T>(), in, w->data<T>(), ldw, beta, o, outf);
+    });
+    std::shared_ptr<Node> node = b ? make_node(OpKind::LINEAR, {&x, &W, &b}) : make_node(OpKind::LINEAR, {&x, &W});
+    if (node) {
+        node->at.i0 = R;
+        if (node->needs(1)) pack_weight_input(*node, node->saved[0], reshape(x, {R, in}), W);
+        if (node->needs(0)) node->saved[1].pack_exact(W);
+    }
+    attach(out, node);
+    return out;
+}
+}  // namespace ops
+void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
+    const int64_t R = n.at.i0;
+    const Shape &ws = n.in_shape[1];
+    Tensor g2 = reshape(g, {R, ws[1]});
+    if (n.needs(0)) gin[0] = reshape(matmul(g2, transpose(n.saved[1].get("linear"), 0, 1)), n.in_shape[0]);
+    if (n.needs(1)) gin[1] = weight_grad(n, n.saved[0], g2, ws);
+    if (n.needs(2)) gin[2] = sum(g2, {0}, false);
+}
+
+}  // namespace spad

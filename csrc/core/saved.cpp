@@ -1,0 +1,153 @@
+#include "saved.h"
+
+#include <algorithm>
+
+namespace spad {
+
+MemStats &mem_stats() {
+    static MemStats s;
+    return s;
+}
+
+void reset_peak_memory_stats() {
+    MemStats &m = mem_stats();
+    m.peak_tape_bytes = m.tape_bytes;
+    m.peak_exact_tape_bytes = m.exact_tape_bytes;
+}
+
+static void charge_tape(const std::shared_ptr<Storage> &s, int sign) {
+    if (!s || s->is_param) return;
+    MemStats &m = mem_stats();
+    if (sign > 0) {
+        if (s->tape_refs++ == 0) {
+            if (m.budget >= 0 && m.tape_bytes + (int64_t)s->nbytes > m.budget) {
+                s->tape_refs--;
+                throw BudgetError(str("tape budget exceeded: saving ", s->nbytes, " bytes would bring the tape to ",
+                                      m.tape_bytes + (int64_t)s->nbytes, " bytes, over the budget of ", m.budget,
+                                      " bytes; lower the keep fraction, the batch size, or raise the budget"));
+            }
+            m.tape_bytes += (int64_t)s->nbytes;
+            m.peak_tape_bytes = std::max(m.peak_tape_bytes, m.tape_bytes);
+        }
+    } else if (--s->tape_refs == 0) {
+        m.tape_bytes -= (int64_t)s->nbytes;
+    }
+}
+
+static void charge_exact(const std::shared_ptr<Storage> &s, int sign) {
+    if (!s || s->is_param) return;
+    MemStats &m = mem_stats();
+    if (sign > 0) {
+        if (s->exact_refs++ == 0) {
+            m.exact_tape_bytes += (int64_t)s->nbytes;
+            m.peak_exact_tape_bytes = std::max(m.peak_exact_tape_bytes, m.exact_tape_bytes);
+        }
+    } else if (--s->exact_refs == 0) {
+        m.exact_tape_bytes -= (int64_t)s->nbytes;
+    }
+}
+
+// An alias shares storage but carries no grad_fn: saving an op's own output must not
+// make the node own itself (a reference cycle).
+static Tensor alias(const Tensor &t) { return view(t, t->shape, t->strides, t->offset); }
+
+SavedTensor &SavedTensor::operator=(SavedTensor &&o) noexcept {
+    if (this != &o) {
+        release();
+        kind = o.kind;
+        value = std::move(o.value);
+        aux = std::move(o.aux);
+        exact_src = std::move(o.exact_src);
+        version = o.version;
+        seed = o.seed;
+        counter = o.counter;
+        k = o.k;
+        scale = o.scale;
+        mode = o.mode;
+        released = o.released;
+        o.kind = SaveKind::NONE;
+        o.released = true;
+    }
+    return *this;
+}
+
+void SavedTensor::pack_exact(const Tensor &t, bool is_output, SaveKind as) {
+    release();
+    charge_tape(t->storage, +1);
+    kind = as;
+    value = is_output ? alias(t) : t;
+    exact_src = t->storage;
+    charge_exact(exact_src, +1);
+    version = t->storage->version;
+    released = false;
+}
+
+void SavedTensor::pack_mask(const Tensor &bits, const Tensor &source) {
+    release();
+    (void)source;
+    charge_tape(bits->storage, +1);
+    kind = SaveKind::MASK1;
+    value = bits;
+    exact_src = bits->storage;  // the exact engine saves the same 1-bit mask
+    charge_exact(exact_src, +1);
+    released = false;
+}
+
+void SavedTensor::pack_seed(uint64_t s, uint64_t c, const Tensor &source) {
+    release();
+    (void)source;
+    kind = SaveKind::SEED;
+    seed = s;
+    counter = c;
+    released = false;
+}
+
+void SavedTensor::pack_sampled(const Tensor &values, const Tensor &a, const Tensor &source) {
+    release();
+    if (values) charge_tape(values->storage, +1);
+    try {
+        if (a) charge_tape(a->storage, +1);
+    } catch (...) {
+        if (values) charge_tape(values->storage, -1);
+        throw;
+    }
+    kind = SaveKind::SAMPLED;
+    value = values;
+    aux = a;
+    exact_src = source->storage;
+    charge_exact(exact_src, +1);
+    released = false;
+}
+
+const Tensor &SavedTensor::get(const char *op) const {
+    SPAD_CHECK(!released, RuntimeError, op,
+               ": trying to backward through the graph a second time (or directly access saved tensors after "
+               "they have already been freed). Saved intermediate values of the graph are freed when you call "
+               "backward(); specify retain_graph=True if you need to backward through the graph a second time.");
+    if (kind == SaveKind::EXACT)
+        SPAD_CHECK(value->storage->version == version, RuntimeError, op,
+                   ": one of the tensors needed for gradient computation (shape ", shape_str(value->shape),
+                   ") has been modified by an in-place operation (version ", version, " -> ",
+                   value->storage->version, "); did an optimizer step run between forward and backward?");
+    return value;
+}
+
+void SavedTensor::release() {
+    if (released || kind == SaveKind::NONE) {
+        released = true;
+        return;
+    }
+    if (kind == SaveKind::SAMPLED) {
+        if (value) charge_tape(value->storage, -1);
+        if (aux) charge_tape(aux->storage, -1);
+    } else if (kind != SaveKind::SEED) {
+        charge_tape(value->storage, -1);
+    }
+    charge_exact(exact_src, -1);
+    value.reset();
+    aux.reset();
+    exact_src.reset();
+    released = true;
+}
+
+}  // namespace spad

@@ -1,0 +1,206 @@
+#include "tape.h"
+
+#include <algorithm>
+
+#include "ops.h"
+
+namespace spad {
+
+// ---- the op table ------------------------------------------------------------------
+#define SPAD_OP(name, saves) void backward_##name(Node &n, const Tensor &g, Tensor *gin);
+#include "ops.def"
+#undef SPAD_OP
+
+namespace {
+struct OpRow {
+    const char *name;
+    const char *saves;
+    BackwardFn backward;
+};
+const OpRow kOps[] = {
+#define SPAD_OP(name, saves) {#name, saves, backward_##name},
+#include "ops.def"
+#undef SPAD_OP
+};
+}  // namespace
+
+const char *op_name(OpKind k) { return kOps[(int)k].name; }
+const char *op_saves(OpKind k) { return kOps[(int)k].saves; }
+
+// ---- grad mode and recording -----------------------------------------------------------
+static thread_local bool g_grad_enabled = true;
+bool grad_enabled() { return g_grad_enabled; }
+void set_grad_enabled(bool on) { g_grad_enabled = on; }
+
+static uint64_t g_seq = 0;  // creation order; single-threaded recording
+uint64_t next_seq() { return ++g_seq; }
+
+static Edge edge_of(const Tensor &t) {
+    Edge e;
+    if (t->grad_fn)
+        e.node = t->grad_fn;
+    else if (t->requires_grad)
+        e.leaf = t;
+    return e;
+}
+
+template <class It> static std::shared_ptr<Node> make_node_impl(OpKind op, It begin, It end) {
+    if (!g_grad_enabled) return nullptr;
+    bool any = false;
+    for (It it = begin; it != end; ++it) any = any || (*it)->requires_grad;
+    if (!any) return nullptr;
+    auto n = std::make_shared<Node>();
+    n->op = op;
+    n->seq = ++g_seq;
+    for (It it = begin; it != end; ++it) {
+        n->next.push_back(edge_of(*it));
+        n->in_shape.push_back((*it)->shape);
+    }
+    n->dtype = (*begin)->dtype;
+    return n;
+}
+
+std::shared_ptr<Node> make_node(OpKind op, std::initializer_list<const Tensor *> inputs) {
+    if (!g_grad_enabled) return nullptr;
+    std::vector<Tensor> v;
+    v.reserve(inputs.size());
+    for (const Tensor *t : inputs) v.push_back(*t);
+    return make_node_impl(op, v.begin(), v.end());
+}
+
+std::shared_ptr<Node> make_node(OpKind op, const std::vector<Tensor> &inputs) {
+    return make_node_impl(op, inputs.begin(), inputs.end());
+}
+
+void attach(const Tensor &out, const std::shared_ptr<Node> &node) {
+    if (!node) return;
+    out->requires_grad = true;
+    out->grad_fn = node;
+    node->out_shape = out->shape;
+}
+
+Tensor saved_output(Node &n, int i) {
+    const Tensor &v = n.saved[i].get(op_name(n.op));
+    if (!g_grad_enabled) return v;
+    Tensor a = view(v, v->shape, v->strides, v->offset);
+    a->requires_grad = true;
+    a->grad_fn = n.shared_from_this();
+    return a;
+}
+
+// ---- iterative teardown -----------------------------------------------------------
+// Dropping the last tensor of a 100k-op chain must not recurse 100k destructors deep:
+// children whose last owner is this node are moved to a thread-local queue instead.
+Node::~Node() {
+    static thread_local std::vector<std::shared_ptr<Node>> pending;
+    static thread_local bool draining = false;
+    for (Edge &e : next)
+        if (e.node && e.node.use_count() == 1) pending.push_back(std::move(e.node));
+    if (draining) return;
+    draining = true;
+    while (!pending.empty()) {
+        std::shared_ptr<Node> n = std::move(pending.back());
+        pending.pop_back();
+        n.reset();  // may push more
+    }
+    draining = false;
+}
+
+// ---- the reverse sweep -------------------------------------------------------------
+static uint64_t g_epoch = 0;
+
+static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph) {
+    SPAD_CHECK(g->shape == leaf->shape, RuntimeError, "backward: gradient of shape ", shape_str(g->shape),
+               " does not match its tensor of shape ", shape_str(leaf->shape), " (an op's backward rule is wrong)");
+    if (!leaf->grad) {
+        // A fresh, private buffer: later accumulation writes into it in place, so it must not
+        // alias anything else (the seed gradient, another op's output, the user's arrays).
+        bool private_buf = g.use_count() == 1 && g->storage.use_count() == 1 && g->is_contiguous() &&
+                           g->offset == 0 && !g->grad_fn;
+        leaf->grad = (create_graph || private_buf) ? g : copy(g);
+    } else if (create_graph || leaf->grad->grad_fn || g->grad_fn) {
+        leaf->grad = ops::add(leaf->grad, g);
+    } else {
+        ops::add_(leaf->grad, g);
+    }
+}
+
+void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool create_graph) {
+    SPAD_CHECK(root->requires_grad, RuntimeError,
+               "backward: the tensor (shape ", shape_str(root->shape),
+               ") does not require grad and has no grad_fn; did you create the parameters with requires_grad=True, "
+               "or run the forward pass under no_grad()?");
+    Tensor seed = grad;
+    if (!seed) {
+        SPAD_CHECK(root->numel() == 1, RuntimeError, "backward: grad can be implicitly created only for scalar outputs; "
+                   "got a tensor of shape ", shape_str(root->shape), "; pass grad= of the same shape");
+        seed = full(root->shape, 1.0, root->dtype);
+    } else {
+        SPAD_CHECK(seed->shape == root->shape, ValueError, "backward: grad has shape ", shape_str(seed->shape),
+                   " but the tensor has shape ", shape_str(root->shape));
+        SPAD_CHECK(seed->dtype == root->dtype, TypeError, "backward: grad has dtype ", dtype_name(seed->dtype),
+                   " but the tensor has dtype ", dtype_name(root->dtype));
+    }
+    if (!root->grad_fn) {
+        accumulate_leaf(root, seed, create_graph);
+        return;
+    }
+    // Collect the reachable nodes without recursion.
+    const uint64_t epoch = ++g_epoch;
+    std::vector<Node *> order, stack{root->grad_fn.get()};
+    root->grad_fn->visit = epoch;
+    while (!stack.empty()) {
+        Node *n = stack.back();
+        stack.pop_back();
+        order.push_back(n);
+        for (Edge &e : n->next)
+            if (e.node && e.node->visit != epoch) {
+                e.node->visit = epoch;
+                stack.push_back(e.node.get());
+            }
+    }
+    std::sort(order.begin(), order.end(), [](Node *a, Node *b) { return a->seq > b->seq; });
+
+    bool prev_mode = grad_enabled();
+    set_grad_enabled(create_graph);
+    root->grad_fn->grad_acc = seed;
+    std::vector<Tensor> gin;
+    try {
+        for (Node *n : order) {
+            Tensor g = std::move(n->grad_acc);
+            n->grad_acc.reset();
+            if (!g) continue;
+            SPAD_CHECK(!n->released, RuntimeError, op_name(n->op),
+                       ": trying to backward through the graph a second time (or directly access saved tensors after "
+                       "they have already been freed). Saved intermediate values of the graph are freed when you call "
+                       "backward(); specify retain_graph=True if you need to backward through the graph a second time.");
+            gin.assign(n->next.size(), nullptr);
+            kOps[(int)n->op].backward(*n, g, gin.data());
+            for (size_t i = 0; i < n->next.size(); ++i) {
+                Edge &e = n->next[i];
+                if (!e.valid() || !gin[i]) continue;
+                if (e.node) {
+                    Tensor &acc = e.node->grad_acc;
+                    acc = acc ? ops::add(acc, gin[i]) : gin[i];
+                } else {
+                    accumulate_leaf(e.leaf, gin[i], create_graph);
+                }
+            }
+            if (!retain_graph) {
+                // Only nodes that held payloads refuse a second pass (as in PyTorch).
+                for (SavedTensor &s : n->saved)
+                    if (s.defined()) {
+                        s.release();
+                        n->released = true;
+                    }
+            }
+        }
+    } catch (...) {
+        for (Node *n : order) n->grad_acc.reset();
+        set_grad_enabled(prev_mode);
+        throw;
+    }
+    set_grad_enabled(prev_mode);
+}
+
+}  // namespace spad

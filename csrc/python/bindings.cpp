@@ -1,0 +1,238 @@
+// bindings.cpp — spad._core. Translation only: Python objects in, core calls, Python
+// objects and exceptions out. No math lives here.
+#include <pybind11/stl.h>
+
+#include "../core/gemm.h"
+#include "../core/ops.h"
+#include "numpy_bridge.h"
+
+namespace py = pybind11;
+using namespace spad;
+
+namespace {
+
+// The other operand of an arithmetic operator: a Tensor, a Python number (taking the
+// tensor's dtype), or an array-like (borrowed or converted by spad.tensor rules).
+Tensor operand(const py::handle &h, const Tensor &like) {
+    if (py::isinstance<TensorImpl>(h)) return h.cast<Tensor>();
+    if (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr())) return scalar(h.cast<double>(), like->dtype);
+    if (py::isinstance<py::array>(h)) {
+        py::array a = h.cast<py::array>();
+        if (a.dtype().kind() != 'f')  // integer data joins a float op in the tensor's dtype
+            a = py::array(py::module_::import("numpy").attr("asarray")(a, np_dtype(like->dtype)));
+        return from_numpy(py::module_::import("numpy").attr("ascontiguousarray")(a));
+    }
+    if (py::isinstance<py::sequence>(h))
+        return from_numpy(py::module_::import("numpy").attr("asarray")(h, np_dtype(like->dtype)));
+    throw TypeError(str("unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor"));
+}
+
+std::vector<int64_t> axes_arg(const py::object &axis) {
+    std::vector<int64_t> axes;
+    if (axis.is_none()) return axes;
+    if (py::isinstance<py::int_>(axis)) return {axis.cast<int64_t>()};
+    for (auto a : axis) axes.push_back(a.cast<int64_t>());
+    SPAD_CHECK(!axes.empty(), ValueError, "axis=() is not supported; pass None to reduce over all axes");
+    return axes;
+}
+
+Shape shape_args(const py::args &args) {
+    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return args[0].cast<Shape>();
+    return args.cast<Shape>();
+}
+
+py::tuple shape_tuple(const Shape &s) {
+    py::tuple t(s.size());
+    for (size_t i = 0; i < s.size(); ++i) t[i] = s[i];
+    return t;
+}
+
+py::dict stats_dict() {
+    const MemStats &m = mem_stats();
+    py::dict d;
+    d["tape_bytes"] = m.tape_bytes;
+    d["peak_tape_bytes"] = m.peak_tape_bytes;
+    d["exact_tape_bytes"] = m.exact_tape_bytes;
+    d["peak_exact_tape_bytes"] = m.peak_exact_tape_bytes;
+    d["budget"] = m.budget < 0 ? py::object(py::none()) : py::object(py::int_(m.budget));
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "spad C++ core: tensors, the tape, ops and samplers";
+
+    // ---- errors: C++ exception kinds -> Python exception types ----
+    static py::exception<BudgetError> budget_exc(m, "TapeBudgetError", PyExc_MemoryError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const spad::ValueError &e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const spad::TypeError &e) {
+            PyErr_SetString(PyExc_TypeError, e.what());
+        } catch (const spad::RuntimeError &e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        } catch (const BudgetError &e) {
+            py::set_error(budget_exc, e.what());
+        }
+    });
+
+    // ---- Tensor ----
+    py::class_<TensorImpl, Tensor> T(m, "Tensor", py::buffer_protocol());
+    T.def_buffer([](TensorImpl &t) {
+         const int64_t es = (int64_t)dtype_size(t.dtype);
+         std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end()), strides;
+         for (int64_t s : t.strides) strides.push_back(s * es);
+         std::string fmt = t.dtype == DType::F32 ? py::format_descriptor<float>::format()
+                         : t.dtype == DType::F64 ? py::format_descriptor<double>::format()
+                         : t.dtype == DType::I64 ? py::format_descriptor<int64_t>::format()
+                                                 : py::format_descriptor<uint8_t>::format();
+         return py::buffer_info(t.raw(), es, fmt, (py::ssize_t)t.shape.size(), shape, strides,
+                                t.storage->tape_refs > 0);
+     })
+        .def_property_readonly("shape", [](const TensorImpl &t) { return shape_tuple(t.shape); })
+        .def_property_readonly("ndim", &TensorImpl::ndim)
+        .def_property_readonly("size", &TensorImpl::numel)
+        .def_property_readonly("dtype", [](const TensorImpl &t) { return np_dtype(t.dtype); })
+        .def_property_readonly("is_leaf", &TensorImpl::is_leaf)
+        .def_property_readonly("grad_fn", [](const TensorImpl &t) -> py::object {
+            if (!t.grad_fn) return py::none();
+            return py::str(op_name(t.grad_fn->op));
+        })
+        .def_property(
+            "requires_grad", [](const TensorImpl &t) { return t.requires_grad; },
+            [](TensorImpl &t, bool on) {
+                SPAD_CHECK(t.is_leaf() || on, RuntimeError,
+                           "requires_grad: you can only change requires_grad of leaf tensors; use detach()");
+                SPAD_CHECK(!on || is_floating(t.dtype), TypeError, "requires_grad: only float tensors can require "
+                           "gradients, got ", dtype_name(t.dtype));
+                t.requires_grad = on;
+            })
+        .def_property(
+            "grad", [](const TensorImpl &t) { return t.grad; },
+            [](TensorImpl &t, const Tensor &g) {
+                if (g) {
+                    SPAD_CHECK(g->shape == t.shape, ValueError, "grad: assigned gradient of shape ",
+                               shape_str(g->shape), " to a tensor of shape ", shape_str(t.shape));
+                    SPAD_CHECK(g->dtype == t.dtype, TypeError, "grad: assigned gradient of dtype ",
+                               dtype_name(g->dtype), " to a tensor of dtype ", dtype_name(t.dtype));
+                }
+                t.grad = g;
+            })
+        .def_property(
+            "_is_param", [](const TensorImpl &t) { return t.storage->is_param; },
+            [](TensorImpl &t, bool on) { t.storage->is_param = on; })
+        .def_property_readonly("_version", [](const TensorImpl &t) { return t.storage->version; })
+        .def("numpy", [](const Tensor &t) { return to_numpy(t); }, "A numpy view of the data (no copy).")
+        .def("item", [](const Tensor &t) { return item(t); })
+        .def("detach", [](const Tensor &t) { return view(t, t->shape, t->strides, t->offset); },
+             "A tensor sharing the data, cut from the graph.")
+        .def("contiguous", [](const Tensor &t) { return contiguous(t); })
+        .def("backward",
+             [](const Tensor &t, const py::object &grad, bool retain_graph, bool create_graph) {
+                 Tensor g = grad.is_none() ? Tensor() : operand(grad, t);
+                 py::gil_scoped_release nogil;
+                 backward(t, g, retain_graph || create_graph, create_graph);
+             },
+             py::arg("grad") = py::none(), py::arg("retain_graph") = false, py::arg("create_graph") = false)
+        .def("__add__", [](const Tensor &a, py::handle b) { return ops::add(a, operand(b, a)); }, py::is_operator())
+        .def("__radd__", [](const Tensor &a, py::handle b) { return ops::add(operand(b, a), a); }, py::is_operator())
+        .def("__sub__", [](const Tensor &a, py::handle b) { return ops::sub(a, operand(b, a)); }, py::is_operator())
+        .def("__rsub__", [](const Tensor &a, py::handle b) { return ops::sub(operand(b, a), a); }, py::is_operator())
+        .def("__mul__", [](const Tensor &a, py::handle b) { return ops::mul(a, operand(b, a)); }, py::is_operator())
+        .def("__rmul__", [](const Tensor &a, py::handle b) { return ops::mul(operand(b, a), a); }, py::is_operator())
+        .def("__truediv__", [](const Tensor &a, py::handle b) { return ops::div(a, operand(b, a)); },
+             py::is_operator())
+        .def("__rtruediv__", [](const Tensor &a, py::handle b) { return ops::div(operand(b, a), a); },
+             py::is_operator())
+        .def("__matmul__", [](const Tensor &a, py::handle b) { return ops::matmul(a, operand(b, a)); },
+             py::is_operator())
+        .def("__rmatmul__", [](const Tensor &a, py::handle b) { return ops::matmul(operand(b, a), a); },
+             py::is_operator())
+        .def("__neg__", [](const Tensor &a) { return ops::neg(a); })
+        .def("__pow__",
+             [](const Tensor &a, py::handle p) {
+                 SPAD_CHECK(PyFloat_Check(p.ptr()) || PyLong_Check(p.ptr()), TypeError,
+                            "pow: only a Python number exponent is supported (got ",
+                            std::string(py::str(p.get_type())), ")");
+                 return ops::pow(a, p.cast<double>());
+             },
+             py::is_operator())
+        .def("sum", [](const Tensor &x, const py::object &axis, bool keepdims) {
+                 return ops::sum(x, axes_arg(axis), keepdims);
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+        .def("mean", [](const Tensor &x, const py::object &axis, bool keepdims) {
+                 return ops::mean(x, axes_arg(axis), keepdims);
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+        .def("max", [](const Tensor &x, const py::object &axis, bool keepdims) {
+                 return ops::max(x, axes_arg(axis), keepdims);
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+        .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args(s)); })
+        .def("transpose", [](const Tensor &x, const py::args &a) {
+                 if (a.size() == 0) {
+                     std::vector<int64_t> p(x->ndim());
+                     for (int64_t i = 0; i < x->ndim(); ++i) p[i] = x->ndim() - 1 - i;
+                     return ops::permute(x, p);
+                 }
+                 return ops::permute(x, shape_args(a));
+             })
+        .def_property_readonly("T", [](const Tensor &x) {
+            std::vector<int64_t> p(x->ndim());
+            for (int64_t i = 0; i < x->ndim(); ++i) p[i] = x->ndim() - 1 - i;
+            return ops::permute(x, p);
+        })
+        .def("exp", &ops::exp)
+        .def("log", &ops::log)
+        .def("sqrt", &ops::sqrt)
+        .def("tanh", &ops::tanh)
+        .def("sigmoid", &ops::sigmoid)
+        .def("relu", &ops::relu);
+    // numpy defers mixed expressions (array + tensor) to the Tensor's reflected operators.
+    T.attr("__array_ufunc__") = py::none();
+
+    // ---- creation and interop ----
+    m.def("from_numpy", &from_numpy, py::arg("array"), "Borrow a float32/float64 array (no copy).");
+    m.def("zeros", [](const Shape &s, const py::dtype &d) { return zeros(s, dtype_of(d)); });
+    m.def("full", [](const Shape &s, double v, const py::dtype &d) { return full(s, v, dtype_of(d)); });
+
+    // ---- functional ops ----
+    m.def("relu", &ops::relu);
+    m.def("tanh", &ops::tanh);
+    m.def("sigmoid", &ops::sigmoid);
+    m.def("exp", &ops::exp);
+    m.def("log", &ops::log);
+    m.def("sqrt", &ops::sqrt);
+    m.def("softmax", &ops::softmax, py::arg("x"), py::arg("axis") = -1);
+    m.def("log_softmax", &ops::log_softmax, py::arg("x"), py::arg("axis") = -1);
+    m.def("cross_entropy", &ops::cross_entropy);
+    m.def("mse_loss", &ops::mse_loss);
+    m.def("matmul", &ops::matmul);
+    m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor());
+    m.def("take", &ops::take);
+    m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
+    m.def("expand", &ops::expand);
+
+    // ---- tape control and accounting ----
+    m.def("set_grad_enabled", &set_grad_enabled);
+    m.def("is_grad_enabled", &grad_enabled);
+    m.def("memory_stats", &stats_dict);
+    m.def("reset_peak_memory_stats", &reset_peak_memory_stats);
+    m.def("set_tape_budget", [](const py::object &b) {
+        int64_t v = b.is_none() ? -1 : b.cast<int64_t>();
+        SPAD_CHECK(b.is_none() || v >= 0, ValueError, "set_tape_budget: budget must be >= 0 bytes or None, got ", v);
+        mem_stats().budget = v;
+    });
+    m.def("op_table", [] {
+        py::list rows;
+        for (int i = 0; i < (int)OpKind::COUNT_; ++i)
+            rows.append(py::make_tuple(op_name((OpKind)i), op_saves((OpKind)i)));
+        return rows;
+    }, "(name, what it saves) for every op, from ops.def.");
+
+    // ---- kernels ----
+    m.def("set_num_threads", &set_num_threads);
+    m.def("get_num_threads", &get_num_threads);
+    m.def("gemm_backend", &gemm_backend);
+}

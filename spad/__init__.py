@@ -1,0 +1,51 @@
+"""spad: a compiled autodiff engine whose backward pass can follow a sampled subset of
+paths (randomized AD, selective-path AD), so the tape stores a fraction of what exact
+backprop stores, with an honest, measured memory figure.
+
+    >>> import numpy as np, spad, spad.functional as F
+    >>> W = spad.zeros((4, 2), requires_grad=True)
+    >>> loss = F.cross_entropy(spad.ones((3, 4)) @ W, np.array([0, 1, 1]))
+    >>> loss.backward(); W.grad.shape
+    (4, 2)
+"""
+from . import _core
+from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, set_num_threads, get_num_threads
+from .tensor import (
+    tensor,
+    from_numpy,
+    zeros,
+    ones,
+    full,
+    randn,
+    rand,
+    no_grad,
+    enable_grad,
+    is_grad_enabled,
+    set_tape_budget,
+    concatenate,
+)
+from . import functional
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor",
+    "TapeBudgetError",
+    "tensor",
+    "from_numpy",
+    "zeros",
+    "ones",
+    "full",
+    "randn",
+    "rand",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "memory_stats",
+    "reset_peak_memory_stats",
+    "set_tape_budget",
+    "set_num_threads",
+    "get_num_threads",
+    "concatenate",
+    "functional",
+]

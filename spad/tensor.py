@@ -1,0 +1,204 @@
+"""Tensor creation, numpy interop, grad-mode switches and Python-side Tensor sugar.
+
+The tensor type itself is the C++ ``spad._core.Tensor``; this module only adds the
+constructors and the few methods that are naturally written in Python (indexing lowers
+every numpy index expression to one differentiable ``take``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from ._core import Tensor
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+ShapeLike = Union[int, Sequence[int]]
+
+
+def _dtype(dtype: Any) -> Optional[np.dtype]:
+    if dtype is None:
+        return None
+    d = np.dtype(dtype)
+    if d not in _FLOATS:
+        raise TypeError(f"spad tensors are float32 or float64, got dtype {d}")
+    return d
+
+
+def _shape(shape: ShapeLike) -> tuple:
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    return shape
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Optional[bool] = None) -> Tensor:
+    """Make a tensor from a numpy array, a nested list, a number or another tensor.
+
+    float32 and float64 arrays with a compatible layout are shared, not copied
+    (``np.shares_memory(t.numpy(), data)`` holds). Anything else (integer data, another
+    dtype, a read-only or oddly strided array, ``copy=True``) is copied explicitly; with
+    ``copy=False`` such a conversion raises TypeError instead. Non-float data becomes
+    float32 unless ``dtype`` says otherwise.
+    """
+    want = _dtype(dtype)
+    if isinstance(data, Tensor):
+        data = data.numpy()
+        copy = True if copy is None else copy
+    arr = np.asarray(data)
+    if want is None:
+        want = arr.dtype if arr.dtype in _FLOATS else np.dtype(np.float32)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
+    needs_copy = (
+        arr.dtype != want
+        or not arr.flags.writeable
+        or any(s < 0 or s % arr.itemsize for s in arr.strides)
+        or not isinstance(data, np.ndarray)
+    )
+    if copy is False and needs_copy:
+        raise TypeError(
+            f"tensor: data of dtype {arr.dtype} (writeable={arr.flags.writeable}) cannot be shared as {want}; "
+            "pass copy=None or copy=True to convert"
+        )
+    if copy or needs_copy:
+        arr = np.array(arr, dtype=want, copy=True, order="C")
+    t = _core.from_numpy(arr)
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """Share a float32/float64 numpy array without copying (TypeError otherwise)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy array, got {type(array).__name__}")
+    return _core.from_numpy(array)
+
+
+def _make(values: np.ndarray, requires_grad: bool) -> Tensor:
+    t = _core.from_numpy(values)
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def zeros(shape: ShapeLike, requires_grad: bool = False, dtype: Any = np.float32) -> Tensor:
+    """A tensor of zeros (float32 by default)."""
+    return _make(np.zeros(_shape(shape), _dtype(dtype)), requires_grad)
+
+
+def ones(shape: ShapeLike, requires_grad: bool = False, dtype: Any = np.float32) -> Tensor:
+    """A tensor of ones (float32 by default)."""
+    return _make(np.ones(_shape(shape), _dtype(dtype)), requires_grad)
+
+
+def full(shape: ShapeLike, value: float, requires_grad: bool = False, dtype: Any = np.float32) -> Tensor:
+    """A tensor filled with ``value``."""
+    return _make(np.full(_shape(shape), value, _dtype(dtype)), requires_grad)
+
+
+def randn(shape: ShapeLike, seed: Optional[int] = None, requires_grad: bool = False, dtype: Any = np.float32) -> Tensor:
+    """Standard normal samples; the same ``seed`` gives the same values."""
+    rng = np.random.default_rng(seed)
+    return _make(rng.standard_normal(_shape(shape), dtype=_dtype(dtype)), requires_grad)
+
+
+def rand(shape: ShapeLike, seed: Optional[int] = None, requires_grad: bool = False, dtype: Any = np.float32) -> Tensor:
+    """Uniform samples in [0, 1); the same ``seed`` gives the same values."""
+    rng = np.random.default_rng(seed)
+    return _make(rng.random(_shape(shape), dtype=_dtype(dtype)), requires_grad)
+
+
+def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis (differentiable)."""
+    return _core.concatenate(list(tensors), axis)
+
+
+def is_grad_enabled() -> bool:
+    return _core.is_grad_enabled()
+
+
+class no_grad:
+    """Context manager (and decorator) that records nothing on the tape."""
+
+    _enabled = False
+
+    def __enter__(self):
+        self._prev = _core.is_grad_enabled()
+        _core.set_grad_enabled(self._enabled)
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Re-enables recording inside a no_grad block."""
+
+    _enabled = True
+
+
+def set_tape_budget(nbytes: Optional[int]) -> None:
+    """Cap the bytes saved payloads may hold; a forward that would exceed it raises
+    ``spad.TapeBudgetError`` (a MemoryError). ``None`` removes the cap."""
+    _core.set_tape_budget(nbytes)
+
+
+# ---- Tensor sugar written in Python ---------------------------------------------------
+def _getitem(self: Tensor, index: Any) -> Tensor:
+    if isinstance(index, Tensor):
+        index = index.numpy()
+    elif isinstance(index, tuple):
+        index = tuple(i.numpy() if isinstance(i, Tensor) else i for i in index)
+    try:
+        flat = np.arange(self.size, dtype=np.int64).reshape(self.shape)[index]
+    except IndexError as e:
+        raise IndexError(f"index: {e} (tensor of shape {self.shape})") from None
+    flat = np.asarray(flat, dtype=np.int64)
+    return _core.take(self, _core.from_numpy(np.ascontiguousarray(flat).reshape(-1)), list(flat.shape))
+
+
+def _len(self: Tensor) -> int:
+    if self.ndim == 0:
+        raise TypeError("len() of a 0-d tensor")
+    return self.shape[0]
+
+
+def _repr(self: Tensor) -> str:
+    body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+    extra = ""
+    if self.grad_fn is not None:
+        extra = f", grad_fn={self.grad_fn}"
+    elif self.requires_grad:
+        extra = ", requires_grad=True"
+    dt = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+    return f"tensor({body}{dt}{extra})"
+
+
+def _float(self: Tensor) -> float:
+    return self.item()
+
+
+def _array(self: Tensor, dtype=None, copy=None):
+    a = self.numpy()
+    return a if dtype is None else a.astype(dtype)
+
+
+Tensor.__getitem__ = _getitem
+Tensor.__len__ = _len
+Tensor.__repr__ = _repr
+Tensor.__float__ = _float
+Tensor.__array__ = _array
+Tensor.tolist = lambda self: self.numpy().tolist()
