@@ -151,3 +151,21 @@ void SavedTensor::release() {
 }
 
 }  // namespace spad
+
+// ---- global RNG state (rng.h) ----
+#include "rng.h"
+namespace spad {
+RngState &rng_state() {
+    static RngState s;
+    return s;
+}
+void manual_seed(uint64_t seed) {
+    rng_state().seed = seed;
+    rng_state().counter = 0;
+}
+uint64_t next_counter(uint64_t blocks) {
+    uint64_t c = rng_state().counter;
+    rng_state().counter += blocks + 1;
+    return c;
+}
+}  // namespace spad

@@ -4,6 +4,7 @@
 
 #include "../core/gemm.h"
 #include "../core/ops.h"
+#include "../core/rng.h"
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -230,6 +231,8 @@ PYBIND11_MODULE(_core, m) {
             rows.append(py::make_tuple(op_name((OpKind)i), op_saves((OpKind)i)));
         return rows;
     }, "(name, what it saves) for every op, from ops.def.");
+
+    m.def("manual_seed", [](uint64_t s) { manual_seed(s); }, "Seed the global counter-based RNG (dropout, samplers).");
 
     // ---- kernels ----
     m.def("set_num_threads", &set_num_threads);
