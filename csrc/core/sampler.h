@@ -1,16 +1,80 @@
 // sampler.h — where sampling policies meet the tape.
 //
 // An op whose saved tensor feeds only a parameter's gradient (the input x of
-// y = x @ W, used for dW = x^T dy) asks pack_weight_input() to save it. With no active
-// policy this is an exact save. A policy may instead store a sampled payload (values +
-// RNG seed/counter + scale) from which weight_grad() computes an unbiased (or, by
-// choice, biased) estimate of dW directly, without densifying.
+// y = x @ W, used only for dW = x^T dy) asks pack_weight_input() to save it. With no
+// active policy this is an exact save. A policy instead stores a sampled payload
+// (values + RNG seed/counter + scale, plus small per-site data where a non-uniform
+// distribution needs it) from which weight_grad() computes the dW estimate directly,
+// without densifying x: the work is proportional to what was kept.
+//
+// Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B):
+//   RAD_DIFF   per-example uniform feature indices, with replacement, scale n/k
+//   RAD_SAME   feature indices shared by the batch: dW rows = (n/k) x[:,idx]^T dy (GEMM)
+//   PROJECT    Rademacher projection: store x R (B x k), dW = R (xR)^T dy / k
+//   CRS        batch rows: top-C by ||x_b||*||dy_b|| (stale dy) + rest drawn ∝ score, weight 1/(s q_b)
+//   BERNOULLI  batch rows kept independently with probability p, weight 1/p
+//   SPAD       per-example feature indices drawn from q = (1-mix) score/sum + mix/n, weight 1/(k q)
+//   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
+//   SCORING    an exact save whose backward pass refreshes a site's feature scores
+// The placement rule (inject once, next to the parameter; dx stays exact) is the
+// default; placement="everywhere" also samples dy's columns before dx = dy W^T.
 #pragma once
+#include <memory>
+#include <unordered_map>
+
 #include "node.h"
 
 namespace spad {
 
+enum class PolicyKind : uint8_t { EXACT, RAD, CRS, SPAD };
+enum class Estimator : uint8_t { EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT };
+
+struct PolicyConfig {
+    PolicyKind kind = PolicyKind::EXACT;
+    Estimator estimator = Estimator::EXACT;  // RAD mode / CRS rows / SPAD variant
+    double keep = 1.0;
+    double deterministic = 0.5;  // CRS: fraction of the s rows kept deterministically
+    int64_t refresh = 50;        // SPAD: rescore every `refresh` steps
+    bool unbiased = true;        // SPAD
+    double mix = 0.1;            // SPAD: defensive mixture weight of the uniform distribution
+    double ema = 0.0;            // SPAD: weight of old scores when rescoring (0 = replace)
+    bool everywhere = false;     // also sample the dx path (research option)
+    uint64_t seed = 0;
+};
+
+// Per injection site (one per weight tensor) state that persists across steps.
+struct SiteState {
+    PolicyConfig cfg;
+    int64_t n = 0;                 // input features
+    std::vector<double> score;     // SPAD: per-feature scores (empty until the first scoring pass)
+    Tensor q;                      // SPAD: the current distribution (float64, n), shared by payloads
+    std::vector<double> dy_norm;   // CRS: last seen ||dy_b|| per batch position
+    bool rescore = false;          // SPAD: the next backward refreshes the scores
+};
+
+struct Policy {
+    PolicyConfig cfg;
+    int64_t step = 0;          // forward passes begun under this policy
+    uint64_t counter = 0;      // RNG counter: (cfg.seed, counter) is unique per payload
+    std::unordered_map<const Storage *, std::shared_ptr<SiteState>> sites;
+    explicit Policy(PolicyConfig c);
+    bool scoring_step() const;  // does the current step keep exact inputs to rescore?
+};
+
+// The active policy (thread-local); null means exact. begin_step() is called once per
+// forward pass recorded under the policy.
+void set_active_policy(const std::shared_ptr<Policy> &p);
+const std::shared_ptr<Policy> &active_policy();
+void begin_step(Policy &p);
+
 void pack_weight_input(Node &n, SavedTensor &slot, const Tensor &x2d, const Tensor &W);
 Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);
+// dx for linear: exact (g W^T) unless the payload asks for placement="everywhere".
+Tensor input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Tensor &W);
+
+// Elementwise ops (model-agnostic sampling): `other` is saved only for the gradient of a
+// leaf parameter, so it may be stored Bernoulli-sampled (kept values + seed, weight 1/p).
+bool pack_leaf_factor(SavedTensor &slot, const Tensor &other);
+Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);
 
 }  // namespace spad

@@ -58,6 +58,7 @@ SavedTensor &SavedTensor::operator=(SavedTensor &&o) noexcept {
         value = std::move(o.value);
         aux = std::move(o.aux);
         exact_src = std::move(o.exact_src);
+        ctx = std::move(o.ctx);
         version = o.version;
         seed = o.seed;
         counter = o.counter;
@@ -147,6 +148,7 @@ void SavedTensor::release() {
     value.reset();
     aux.reset();
     exact_src.reset();
+    ctx.reset();
     released = true;
 }
 

@@ -45,6 +45,7 @@ struct SavedTensor {
     Tensor value;     // EXACT / INDEX: the tensor; MASK1: packed bits; SAMPLED: values
     Tensor aux;       // SAMPLED: extra payload (probabilities, stored indices), counted too
     std::shared_ptr<Storage> exact_src;  // storage charged to exact_tape_bytes
+    std::shared_ptr<void> ctx;           // SAMPLED: the sampling site whose state backward updates
     uint64_t version = 0;
     uint64_t seed = 0, counter = 0;
     int64_t k = 0;

@@ -5,6 +5,7 @@
 #include "../core/gemm.h"
 #include "../core/ops.h"
 #include "../core/rng.h"
+#include "../core/sampler.h"
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -233,6 +234,37 @@ PYBIND11_MODULE(_core, m) {
     }, "(name, what it saves) for every op, from ops.def.");
 
     m.def("manual_seed", [](uint64_t s) { manual_seed(s); }, "Seed the global counter-based RNG (dropout, samplers).");
+
+    // ---- sampling policies (configured and validated in spad/sampling.py) ----
+    py::enum_<PolicyKind>(m, "PolicyKind")
+        .value("EXACT", PolicyKind::EXACT).value("RAD", PolicyKind::RAD)
+        .value("CRS", PolicyKind::CRS).value("SPAD", PolicyKind::SPAD);
+    py::enum_<Estimator>(m, "Estimator")
+        .value("EXACT", Estimator::EXACT).value("RAD_DIFF", Estimator::RAD_DIFF)
+        .value("RAD_SAME", Estimator::RAD_SAME).value("PROJECT", Estimator::PROJECT)
+        .value("CRS", Estimator::CRS).value("BERNOULLI", Estimator::BERNOULLI)
+        .value("SPAD", Estimator::SPAD).value("SPAD_TOPK", Estimator::SPAD_TOPK);
+    py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
+        .def(py::init([](PolicyKind kind, Estimator est, double keep, double deterministic, int64_t refresh,
+                         bool unbiased, double mix, double ema, bool everywhere, uint64_t seed) {
+                 PolicyConfig c;
+                 c.kind = kind; c.estimator = est; c.keep = keep; c.deterministic = deterministic;
+                 c.refresh = refresh; c.unbiased = unbiased; c.mix = mix; c.ema = ema;
+                 c.everywhere = everywhere; c.seed = seed;
+                 return std::make_shared<Policy>(c);
+             }),
+             py::arg("kind"), py::arg("estimator"), py::arg("keep"), py::arg("deterministic"), py::arg("refresh"),
+             py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"))
+        .def_readonly("step", &Policy::step)
+        .def("scoring_step", &Policy::scoring_step)
+        .def("begin_step", [](Policy &p) { begin_step(p); })
+        .def("site_scores", [](const Policy &p) {
+            py::list out;
+            for (const auto &kv : p.sites) out.append(py::array(py::cast(kv.second->score)));
+            return out;
+        });
+    m.def("set_active_policy", [](const std::shared_ptr<Policy> &p) { set_active_policy(p); }, py::arg("policy").none(true));
+    m.def("active_policy", &active_policy);
 
     // ---- kernels ----
     m.def("set_num_threads", &set_num_threads);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "../ops.h"
+#include "../sampler.h"
 
 namespace spad {
 namespace ops {
@@ -91,15 +92,25 @@ void backward_SUB(Node &n, const Tensor &g, Tensor *gin) {
 namespace ops {
 
 // ---- mul: each side's gradient needs the other side ----
+// When one side is a leaf parameter, the other side is saved only for that leaf's
+// gradient, so an active sampling policy may store it element-sampled (model-agnostic SPAD).
+static void save_factor(SavedTensor &slot, const Tensor &leaf_side, const Tensor &other) {
+    const bool leaf = leaf_side->is_leaf() && leaf_side->requires_grad;
+    if (!(leaf && pack_leaf_factor(slot, other))) slot.pack_exact(other);
+}
 static void save_mul(Node &n, const Tensor &a, const Tensor &b, const Tensor &) {
-    if (n.needs(0)) n.saved[1].pack_exact(b);
-    if (n.needs(1)) n.saved[0].pack_exact(a);
+    if (n.needs(0)) save_factor(n.saved[1], a, b);
+    if (n.needs(1)) save_factor(n.saved[0], b, a);
+}
+static Tensor factor(Node &n, int i) {
+    const SavedTensor &s = n.saved[i];
+    return s.kind == SaveKind::SAMPLED ? unpack_leaf_factor(s, n.in_shape[i], "mul") : s.get("mul");
 }
 BINARY_FWD(mul, MUL, x *y)
 }  // namespace ops
 void backward_MUL(Node &n, const Tensor &g, Tensor *gin) {
-    if (n.needs(0)) gin[0] = sum_to(mul(g, n.saved[1].get("mul")), n.in_shape[0]);
-    if (n.needs(1)) gin[1] = sum_to(mul(g, n.saved[0].get("mul")), n.in_shape[1]);
+    if (n.needs(0)) gin[0] = sum_to(mul(g, factor(n, 1)), n.in_shape[0]);
+    if (n.needs(1)) gin[1] = sum_to(mul(g, factor(n, 0)), n.in_shape[1]);
 }
 namespace ops {
 

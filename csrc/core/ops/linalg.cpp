@@ -155,7 +155,7 @@ void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     const int64_t R = n.at.i0;
     const Shape &ws = n.in_shape[1];
     Tensor g2 = reshape(g, {R, ws[1]});
-    if (n.needs(0)) gin[0] = reshape(matmul(g2, transpose(n.saved[1].get("linear"), 0, 1)), n.in_shape[0]);
+    if (n.needs(0)) gin[0] = reshape(input_grad(n, n.saved[0], g2, n.saved[1].get("linear")), n.in_shape[0]);
     if (n.needs(1)) gin[1] = weight_grad(n, n.saved[0], g2, ws);
     if (n.needs(2)) gin[2] = sum(g2, {0}, false);
 }

@@ -1,0 +1,248 @@
+"""Sampling policies: randomized (RAD), row-sampled (CRS) and selective-path (SPAD) backprop.
+
+A policy active during the forward pass decides what the tape stores for each weight
+gradient: the exact layer input, or a sampled payload (a fraction ``keep`` of it plus an
+RNG seed). ``backward()`` then follows only the sampled paths::
+
+    import spad.sampling as S
+    policy = S.SPAD(keep=0.1, refresh=50, seed=0)
+    with S.use(policy):
+        loss = F.cross_entropy(model(x), y)   # records a sampled, smaller tape
+    loss.backward()                           # dW estimated from the kept paths; dx exact
+
+Placement follows RAD's rule: inject once per parameter->loss path, on the input of each
+linear layer (and, model-agnostically, on any elementwise product with a leaf parameter);
+activation gradients stay exact. ``placement="everywhere"`` additionally samples every
+layer's output gradient, a research option that shows why that is a bad idea.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Policy", "Exact", "RAD", "CRS", "SPAD", "use", "estimate_variance"]
+
+
+def _check_keep(keep: float) -> float:
+    keep = float(keep)
+    if not (0.0 < keep <= 1.0) or not np.isfinite(keep):
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    return keep
+
+
+def _check_placement(placement: str) -> bool:
+    if placement not in ("weights", "everywhere"):
+        raise ValueError(f'placement must be "weights" or "everywhere", got {placement!r}')
+    return placement == "everywhere"
+
+
+class Policy:
+    """Base class: holds the C++ policy state (RNG counter, per-site scores)."""
+
+    _impl: _core.Policy
+
+    def __init__(self, kind, estimator, keep=1.0, deterministic=0.0, refresh=1, unbiased=True, mix=0.0,
+                 ema=0.0, everywhere=False, seed=0):
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.keep = keep
+        self.seed = int(seed)
+        self._impl = _core.Policy(kind, estimator, keep, deterministic, int(refresh), bool(unbiased), float(mix),
+                                  float(ema), bool(everywhere), self.seed)
+
+    @property
+    def step(self) -> int:
+        """Forward passes recorded under this policy so far."""
+        return self._impl.step
+
+    def next_is_scoring(self) -> bool:
+        """Whether the next forward pass keeps exact inputs to refresh scores (SPAD)."""
+        return False
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _repr_fields(self) -> dict:
+        return {"keep": self.keep, "seed": self.seed}
+
+
+class Exact(Policy):
+    """Exact backprop (the default when no policy is active)."""
+
+    def __init__(self):
+        super().__init__(_core.PolicyKind.EXACT, _core.Estimator.EXACT)
+
+    def _repr_fields(self) -> dict:
+        return {}
+
+
+class RAD(Policy):
+    """Randomized AD (Oktay et al., ICLR 2021): keep a uniform fraction of each layer input's features.
+
+    mode="different": per-example indices (the right choice for MLPs);
+    mode="same": indices shared by the batch, so dW is a real GEMM over the kept features;
+    mode="project": a Rademacher random projection of the input to keep*n features.
+    All three are unbiased; keep=1 is exact backprop.
+    """
+
+    _MODES = {"different": _core.Estimator.RAD_DIFF, "same": _core.Estimator.RAD_SAME,
+              "project": _core.Estimator.PROJECT}
+
+    def __init__(self, keep: float = 0.1, mode: str = "different", seed: int = 0, placement: str = "weights"):
+        if mode not in self._MODES:
+            raise ValueError(f'RAD mode must be one of "different", "same", "project"; got {mode!r}')
+        self.mode = mode
+        super().__init__(_core.PolicyKind.RAD, self._MODES[mode], _check_keep(keep),
+                         everywhere=_check_placement(placement), seed=seed)
+
+    def _repr_fields(self) -> dict:
+        return {"keep": self.keep, "mode": self.mode, "seed": self.seed}
+
+
+class CRS(Policy):
+    """Column-row sampling over the batch (WTA-CRS, NeurIPS 2023): keep s = keep*B rows of each
+    layer input. The top ``deterministic*s`` rows by ||x_b||*||dy_b|| (dy from the previous
+    backward at the same batch position) are kept exactly; the rest are drawn in proportion to
+    the score with importance weights. rows="bernoulli" keeps each row with probability keep."""
+
+    def __init__(self, keep: float = 0.1, deterministic: float = 0.5, seed: int = 0, rows: str = "importance"):
+        deterministic = float(deterministic)
+        if not 0.0 <= deterministic <= 1.0:
+            raise ValueError(f"deterministic must be in [0, 1], got {deterministic}")
+        if rows not in ("importance", "bernoulli"):
+            raise ValueError(f'rows must be "importance" or "bernoulli", got {rows!r}')
+        self.deterministic, self.rows = deterministic, rows
+        est = _core.Estimator.CRS if rows == "importance" else _core.Estimator.BERNOULLI
+        super().__init__(_core.PolicyKind.CRS, est, _check_keep(keep), deterministic=deterministic, seed=seed)
+
+    def _repr_fields(self) -> dict:
+        return {"keep": self.keep, "deterministic": self.deterministic, "rows": self.rows, "seed": self.seed}
+
+
+class SPAD(Policy):
+    """Selective-path AD (Peseux et al., IEEE Access 2023): score paths now, follow them later.
+
+    Every ``refresh`` steps a scoring pass keeps the exact layer inputs and scores each input
+    feature j by sqrt(sum_b x_bj^2 ||dy_b||^2) (the variance-optimal static distribution for
+    per-example feature sampling). The steps in between sample keep*n features per example:
+
+    - unbiased=True: from q = (1-mix)*score/sum(score) + mix/n, weighted by 1/(k q_j); the
+      uniform share ``mix`` keeps every path reachable, so stale scores cannot blow up variance;
+    - unbiased=False: the keep*n top-scored features, not reweighted (SPAD's "backprop dropout",
+      a deliberately biased regularizer).
+
+    ``ema`` blends old scores into new ones at each refresh (0 = replace).
+    """
+
+    def __init__(self, keep: float = 0.1, refresh: int = 50, unbiased: bool = True, mix: float = 0.1,
+                 seed: int = 0, ema: float = 0.0, score: str = "activation"):
+        if int(refresh) < 1 or int(refresh) != refresh:
+            raise ValueError(f"refresh must be an integer >= 1, got {refresh}")
+        mix = float(mix)
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {mix}")
+        if unbiased and mix == 0.0:
+            pass  # allowed: unbiased as long as every scored feature has q > 0; zero-score features are never drawn
+        if not 0.0 <= float(ema) < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
+        if score != "activation":
+            raise ValueError(f'score must be "activation", got {score!r}')
+        self.refresh, self.unbiased, self.mix, self.ema = int(refresh), bool(unbiased), mix, float(ema)
+        est = _core.Estimator.SPAD if unbiased else _core.Estimator.SPAD_TOPK
+        super().__init__(_core.PolicyKind.SPAD, est, _check_keep(keep), refresh=refresh, unbiased=unbiased, mix=mix,
+                         ema=ema, seed=seed)
+
+    def next_is_scoring(self) -> bool:
+        return self.keep < 1.0 and self.step % self.refresh == 0
+
+    def scores(self) -> List[np.ndarray]:
+        """The current per-feature scores of every injection site."""
+        return list(self._impl.site_scores())
+
+    def _repr_fields(self) -> dict:
+        return {"keep": self.keep, "refresh": self.refresh, "unbiased": self.unbiased, "mix": self.mix,
+                "seed": self.seed}
+
+
+@contextlib.contextmanager
+def use(policy: Optional[Policy]) -> Iterator[Optional[Policy]]:
+    """Record the forward passes inside the block under ``policy`` (None or Exact: exact).
+    Each entry counts as one step of the policy (its scores refresh on that clock)."""
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"use() expects a spad.sampling policy, got {type(policy).__name__}")
+    prev = _core.active_policy()
+    impl = None if policy is None or isinstance(policy, Exact) else policy._impl
+    if impl is not None:
+        impl.begin_step()
+    _core.set_active_policy(impl)
+    try:
+        yield policy
+    finally:
+        _core.set_active_policy(prev)
+
+
+def _grads(loss_fn: Callable[[], object], params: Sequence, policy: Optional[Policy]) -> List[np.ndarray]:
+    for p in params:
+        p.grad = None
+    with use(policy):
+        loss = loss_fn()
+    loss.backward()
+    out = []
+    for p in params:
+        if p.grad is None:
+            raise ValueError("estimate_variance: a parameter received no gradient from loss_fn")
+        out.append(np.array(p.grad.numpy(), dtype=np.float64))
+    return out
+
+
+def estimate_variance(loss_fn: Callable[[], object], params: Sequence, policy: Policy, draws: int = 100,
+                      include_scoring: bool = False) -> List[Dict[str, float]]:
+    """Measure an estimator's bias and variance against the exact gradient at a fixed point.
+
+    Runs ``loss_fn()`` (which must rebuild the same loss from the same data each call) once
+    exactly and ``draws`` times under ``policy``. Per parameter returns a dict with
+    ``variance`` (E||g_hat - E g_hat||^2, summed over elements), ``mse`` (E||g_hat - g||^2),
+    ``bias_norm`` (||mean(g_hat) - g||), ``bias_z`` (the largest |z| of the per-element mean
+    error, a check of unbiasedness), ``exact_norm2`` (||g||^2) and ``draws``. SPAD scoring
+    passes (exact by construction) are skipped unless ``include_scoring``.
+    """
+    if draws < 2:
+        raise ValueError(f"estimate_variance: draws must be >= 2, got {draws}")
+    params = list(params)
+    if not params:
+        raise ValueError("estimate_variance: no parameters given")
+    exact = _grads(loss_fn, params, None)
+    sums = [np.zeros_like(g) for g in exact]
+    sq = [np.zeros_like(g) for g in exact]
+    taken = 0
+    while taken < draws:
+        if not include_scoring and policy.next_is_scoring():
+            _grads(loss_fn, params, policy)  # advances the policy past its scoring pass
+            continue
+        gs = _grads(loss_fn, params, policy)
+        for i, g in enumerate(gs):
+            d = g - exact[i]
+            sums[i] += d
+            sq[i] += d * d
+        taken += 1
+    out = []
+    for i, g in enumerate(exact):
+        mean_err = sums[i] / taken
+        mse_el = sq[i] / taken
+        var_el = np.maximum(mse_el - mean_err ** 2, 0.0) * taken / (taken - 1)
+        se = np.sqrt(var_el / taken)
+        z = np.where(se > 0, np.abs(mean_err) / np.where(se > 0, se, 1), np.where(np.abs(mean_err) > 0, np.inf, 0))
+        out.append({
+            "variance": float(var_el.sum()),
+            "mse": float(mse_el.sum()),
+            "bias_norm": float(np.sqrt((mean_err ** 2).sum())),
+            "bias_z": float(z.max()) if z.size else 0.0,
+            "exact_norm2": float((g ** 2).sum()),
+            "draws": taken,
+        })
+    return out
