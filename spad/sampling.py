@@ -59,6 +59,11 @@ class Policy:
         """Forward passes recorded under this policy so far."""
         return self._impl.step
 
+    def state_bytes(self) -> int:
+        """Bytes of persistent sampler state (per-site scores, distributions, stale norms). Like
+        parameters, it lives across steps, so it is reported here rather than in tape_bytes."""
+        return self._impl.state_bytes()
+
     def next_is_scoring(self) -> bool:
         """Whether the next forward pass keeps exact inputs to refresh scores (SPAD)."""
         return False
@@ -132,7 +137,8 @@ class SPAD(Policy):
     per-example feature sampling). The steps in between sample keep*n features per example:
 
     - unbiased=True: from q = (1-mix)*score/sum(score) + mix/n, weighted by 1/(k q_j); the
-      uniform share ``mix`` keeps every path reachable, so stale scores cannot blow up variance;
+      uniform share ``mix`` keeps every path reachable, so stale scores cannot blow up variance
+      (with mix=0 a feature that scored exactly 0 is never followed: unbiased only while it stays 0);
     - unbiased=False: the keep*n top-scored features, not reweighted (SPAD's "backprop dropout",
       a deliberately biased regularizer).
 
@@ -146,8 +152,6 @@ class SPAD(Policy):
         mix = float(mix)
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {mix}")
-        if unbiased and mix == 0.0:
-            pass  # allowed: unbiased as long as every scored feature has q > 0; zero-score features are never drawn
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         if score != "activation":
@@ -201,15 +205,17 @@ def _grads(loss_fn: Callable[[], object], params: Sequence, policy: Optional[Pol
 
 
 def estimate_variance(loss_fn: Callable[[], object], params: Sequence, policy: Policy, draws: int = 100,
-                      include_scoring: bool = False) -> List[Dict[str, float]]:
+                      include_scoring: bool = False, warmup: int = 0) -> List[Dict[str, float]]:
     """Measure an estimator's bias and variance against the exact gradient at a fixed point.
 
     Runs ``loss_fn()`` (which must rebuild the same loss from the same data each call) once
     exactly and ``draws`` times under ``policy``. Per parameter returns a dict with
     ``variance`` (E||g_hat - E g_hat||^2, summed over elements), ``mse`` (E||g_hat - g||^2),
     ``bias_norm`` (||mean(g_hat) - g||), ``bias_z`` (the largest |z| of the per-element mean
-    error, a check of unbiasedness), ``exact_norm2`` (||g||^2) and ``draws``. SPAD scoring
-    passes (exact by construction) are skipped unless ``include_scoring``.
+    error) and ``chi2`` (the sum of squared z: about chi^2 with one degree of freedom per
+    element when the estimator is unbiased), ``exact_norm2`` (||g||^2) and ``draws``. SPAD scoring
+    passes (exact by construction) are skipped unless ``include_scoring``; the first ``warmup``
+    draws are run but not counted (e.g. CRS's first step, which has no stale dy norms yet).
     """
     if draws < 2:
         raise ValueError(f"estimate_variance: draws must be >= 2, got {draws}")
@@ -217,6 +223,8 @@ def estimate_variance(loss_fn: Callable[[], object], params: Sequence, policy: P
     if not params:
         raise ValueError("estimate_variance: no parameters given")
     exact = _grads(loss_fn, params, None)
+    for _ in range(warmup):
+        _grads(loss_fn, params, policy)
     sums = [np.zeros_like(g) for g in exact]
     sq = [np.zeros_like(g) for g in exact]
     taken = 0
@@ -242,6 +250,7 @@ def estimate_variance(loss_fn: Callable[[], object], params: Sequence, policy: P
             "mse": float(mse_el.sum()),
             "bias_norm": float(np.sqrt((mean_err ** 2).sum())),
             "bias_z": float(z.max()) if z.size else 0.0,
+            "chi2": float((z[np.isfinite(z)] ** 2).sum() + np.isinf(z).sum() * 1e30),
             "exact_norm2": float((g ** 2).sum()),
             "draws": taken,
         })

@@ -28,11 +28,23 @@ struct Philox {
 };
 
 // A stream of uniform numbers for one (seed, counter): element i comes from block i/4.
+// The last block is cached, so a sequential walk costs one Philox call per 4 numbers.
 struct RandomStream {
-    uint64_t seed, counter;
-    uint32_t stream;
-    uint32_t bits(uint64_t i) const { return Philox(seed, counter + (i >> 2), stream).out[i & 3]; }
-    // Uniform in [0, 1) with 24 (float) resolution, never 1.0.
+    uint64_t seed = 0, counter = 0;
+    uint32_t stream = 0;
+    mutable uint64_t cached = ~0ULL;
+    mutable uint32_t cache[4] = {0, 0, 0, 0};
+    RandomStream() = default;
+    RandomStream(uint64_t s, uint64_t c, uint32_t st) : seed(s), counter(c), stream(st) {}
+    uint32_t bits(uint64_t i) const {
+        if ((i >> 2) != cached) {
+            cached = i >> 2;
+            Philox p(seed, counter + cached, stream);
+            for (int j = 0; j < 4; ++j) cache[j] = p.out[j];
+        }
+        return cache[i & 3];
+    }
+    // Uniform in [0, 1) with 24-bit resolution, never 1.0.
     double uniform(uint64_t i) const { return (bits(i) >> 8) * (1.0 / 16777216.0); }
     // Uniform integer in [0, n) (Lemire's multiply-shift; bias < n / 2^32).
     uint32_t below(uint64_t i, uint32_t n) const { return (uint32_t)(((uint64_t)bits(i) * n) >> 32); }

@@ -13,6 +13,14 @@
 namespace spad {
 
 Policy::Policy(PolicyConfig c) : cfg(c) {}
+int64_t Policy::state_bytes() const {
+    int64_t b = 0;
+    for (const auto &kv : sites) {
+        const SiteState &s = *kv.second;
+        b += (int64_t)(s.score.size() + s.dy_norm.size()) * 8 + (s.q ? (int64_t)s.q->storage->nbytes : 0);
+    }
+    return b;
+}
 bool Policy::scoring_step() const { return cfg.kind == PolicyKind::SPAD && (step - 1) % cfg.refresh == 0; }
 
 static thread_local std::shared_ptr<Policy> g_active;
@@ -88,6 +96,7 @@ struct FeatureDraw {
 static Tensor q_of(const SiteState &s) {
     if (s.cfg.unbiased && s.q) return s.q;
     Tensor q = empty({s.n}, DType::F64);
+    q->storage->is_param = true;  // sampler state, held by the site between steps (see Policy::state_bytes)
     double *pq = q->data<double>();
     double tot = 0;
     for (double v : s.score) tot += v;

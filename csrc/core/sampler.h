@@ -59,6 +59,7 @@ struct Policy {
     std::unordered_map<const Storage *, std::shared_ptr<SiteState>> sites;
     explicit Policy(PolicyConfig c);
     bool scoring_step() const;  // does the current step keep exact inputs to rescore?
+    int64_t state_bytes() const;  // persistent per-site state (scores, q, stale norms)
 };
 
 // The active policy (thread-local); null means exact. begin_step() is called once per

@@ -30,7 +30,9 @@ struct Storage {
     // exact tape. Bytes are counted once per storage. See Note [Tape accounting].
     int32_t tape_refs = 0;
     int32_t exact_refs = 0;
-    bool is_param = false;  // parameters live anyway: saving them costs the tape nothing
+    // Persistent state (parameters, optimizer and sampler state) lives across steps anyway:
+    // saving it costs the tape nothing, so it is not counted in tape bytes.
+    bool is_param = false;
 
     Storage() = default;
     Storage(const Storage &) = delete;

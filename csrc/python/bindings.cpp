@@ -257,6 +257,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"))
         .def_readonly("step", &Policy::step)
         .def("scoring_step", &Policy::scoring_step)
+        .def("state_bytes", &Policy::state_bytes)
         .def("begin_step", [](Policy &p) { begin_step(p); })
         .def("site_scores", [](const Policy &p) {
             py::list out;
