@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "gemm.h"
@@ -76,9 +77,12 @@ struct Alias {
         for (int32_t i : large) prob[i] = 1.0, alias[i] = i;
         for (int32_t i : small) prob[i] = 1.0, alias[i] = i;
     }
+    // One 32-bit draw per sample: the integer part of u*n picks the column, its fraction
+    // (uniform on [0,1) to within n/2^32) flips the column's biased coin.
     int32_t draw(const RandomStream &rs, uint64_t e) const {
-        const int32_t j = (int32_t)rs.below(2 * e, (uint32_t)prob.size());
-        return rs.uniform(2 * e + 1) < prob[j] ? j : alias[j];
+        const uint64_t r = (uint64_t)rs.bits(e) * (uint64_t)prob.size();
+        const int32_t j = (int32_t)(r >> 32);
+        return (double)(uint32_t)r * (1.0 / 4294967296.0) < prob[j] ? j : alias[j];
     }
 };
 
@@ -197,7 +201,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         switch (est) {
             case Estimator::RAD_DIFF:
             case Estimator::SPAD: {
-                rs = reserve(*pol, 2 * (uint64_t)(B * k));
+                rs = reserve(*pol, (uint64_t)(B * k));
                 Tensor q;
                 std::unique_ptr<Alias> al;
                 if (est == Estimator::SPAD) {
@@ -205,15 +209,18 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                     al.reset(new Alias(q->data<double>(), n));
                     aux = q;  // counted once per storage: shared by every payload until rescoring
                 }
-                const double *pq = q ? q->data<double>() : nullptr;
+                std::vector<T> w(n, T(1));  // importance weights 1/(k q_i); uniform: folded into scale
+                if (q)
+                    for (int64_t i = 0; i < n; ++i) w[i] = (T)(1.0 / ((double)k * q->data<double>()[i]));
                 FeatureDraw draw{est, rs, n, al.get()};
                 values = empty({B, k}, x->dtype);
                 T *pv = values->data<T>();
-                for (int64_t e = 0; e < B * k; ++e) {
-                    const int64_t i = draw(e);
-                    pv[e] = px[(e / k) * n + i] * (T)(pq ? 1.0 / ((double)k * pq[i]) : 1.0);
-                }
-                scale = pq ? 1.0 : (double)n / (double)k;
+                for (int64_t b = 0, e = 0; b < B; ++b)
+                    for (int64_t s = 0; s < k; ++s, ++e) {
+                        const int64_t i = draw(e);
+                        pv[e] = px[b * n + i] * w[i];
+                    }
+                scale = q ? 1.0 : (double)n / (double)k;
                 break;
             }
             case Estimator::RAD_SAME: {
@@ -283,27 +290,72 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
 // ---- backward: estimate dW ------------------------------------------------------------
 // dW[i,:] += v_e * g[b_e,:] for entries e with feature i: entries are bucketed by feature
 // (stable counting sort, so the summation order is fixed), then each dW row is built in
-// one pass while it sits in L1. Work: B*k*m multiply-adds, p times the exact GEMM.
+// register-sized column chunks: every entry of the bucket is folded into the chunk before
+// it is stored, so the loop costs one load of g per multiply-add. Work: B*k*m
+// multiply-adds, p times the exact GEMM's.
+// row[0:C] += sum_o v[o] * g[goff[o] : goff[o] + C], with the C accumulators in registers.
+// Written with GCC/Clang vector types because auto-vectorizers tend to vectorize across
+// the entries (gathers) instead of across the columns; other compilers get plain loops.
+#if defined(__GNUC__)
+template <class T, int C>
+static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
+    constexpr int L = 32 / (int)sizeof(T);  // lanes of a 256-bit vector
+    constexpr int NV = C / L;
+    typedef T vec __attribute__((vector_size(32)));
+    vec acc[NV] = {};  // each row chunk is written exactly once: no need to pre-zero dW
+    for (int32_t o = 0; o < cnt; ++o) {
+        const T *gb = g + goff[o];
+        const T vo = v[o];
+        for (int u = 0; u < NV; ++u) {
+            vec x;
+            std::memcpy(&x, gb + u * L, sizeof(vec));
+            acc[u] += vo * x;
+        }
+    }
+    std::memcpy(row, acc, sizeof(acc));
+}
+#else
+template <class T, int C>
+static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
+    std::fill(row, row + C, T(0));
+    for (int32_t o = 0; o < cnt; ++o)
+        for (int j = 0; j < C; ++j) row[j] += v[o] * g[goff[o] + j];
+}
+#endif
+
 template <class T, class Idx>
 static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k,
                              double scale, const Idx &feature_of) {
     const int64_t E = B * k;
-    std::vector<int32_t> feat(E), start(n + 1, 0), order(E);
+    std::vector<int32_t> feat(E), start(n + 1, 0);
     for (int64_t e = 0; e < E; ++e) {
         feat[e] = (int32_t)feature_of(e);
         start[feat[e] + 1]++;
     }
     for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
+    // Entries in feature order: the offset of their dy row and their scaled value.
     std::vector<int32_t> pos(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
-    for (int64_t i = 0; i < n; ++i) {
-        T *row = dW + i * m;
-        for (int32_t o = start[i]; o < start[i + 1]; ++o) {
-            const int64_t e = order[o];
-            const T v = vals[e] * (T)scale;
-            const T *gb = g + (e / k) * m;
-            for (int64_t j = 0; j < m; ++j) row[j] += v * gb[j];
+    std::vector<int64_t> goff(E);
+    std::vector<T> v(E);
+    for (int64_t b = 0, e = 0; b < B; ++b)
+        for (int64_t s = 0; s < k; ++s, ++e) {
+            const int32_t o = pos[feat[e]]++;
+            goff[o] = b * m;
+            v[o] = vals[e] * (T)scale;
         }
+    constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t s0 = start[i], cnt = start[i + 1] - start[i];
+        T *row = dW + i * m;
+        if (!cnt) {
+            std::fill(row, row + m, T(0));
+            continue;
+        }
+        int64_t j0 = 0;
+        for (; j0 + C <= m; j0 += C) fold_chunk<T, C>(row + j0, g + j0, goff.data() + s0, v.data() + s0, cnt);
+        std::fill(row + j0, row + m, T(0));  // the ragged tail
+        for (int32_t o = s0; o < s0 + cnt && j0 < m; ++o)
+            for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[goff[o] + j];
     }
 }
 
@@ -357,7 +409,9 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     Tensor g = contiguous(g2d);
     const Tensor &vals = slot.value;
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
-    Tensor dW = zeros(wshape, g->dtype);
+    // RAD_DIFF / SPAD write every row of dW themselves; the others accumulate into zeros.
+    Tensor dW = (est == Estimator::RAD_DIFF || est == Estimator::SPAD) ? empty(wshape, g->dtype)
+                                                                        : zeros(wshape, g->dtype);
     const RandomStream rs = stream_of(slot);
     SPAD_FLOAT(g->dtype, T, {
         const T *pg = g->data<T>(), *pv = vals->data<T>();

@@ -3,12 +3,30 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 namespace spad {
 
 static void free_heap(void *data, void *) { std::free(data); }
 
+// Training allocates and frees the same large buffers every step. glibc serves blocks
+// above 128 KiB with fresh mmap()s, so every step would pay page faults and zeroing for
+// its activations; raising the threshold lets freed blocks be reused instead.
+static void tune_allocator() {
+#ifdef __GLIBC__
+    static const bool done = [] {
+        mallopt(M_MMAP_THRESHOLD, 256 << 20);
+        mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        return true;
+    }();
+    (void)done;
+#endif
+}
+
 std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
+    tune_allocator();
     auto s = std::make_shared<Storage>();
     // 64-byte alignment keeps SIMD loads and BLAS happy; aligned_alloc needs a multiple.
     size_t padded = (nbytes + 63) / 64 * 64;
