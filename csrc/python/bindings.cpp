@@ -89,6 +89,7 @@ PYBIND11_MODULE(_core, m) {
          std::string fmt = t.dtype == DType::F32 ? py::format_descriptor<float>::format()
                          : t.dtype == DType::F64 ? py::format_descriptor<double>::format()
                          : t.dtype == DType::I64 ? py::format_descriptor<int64_t>::format()
+                         : t.dtype == DType::I32 ? py::format_descriptor<int32_t>::format()
                                                  : py::format_descriptor<uint8_t>::format();
          return py::buffer_info(t.raw(), es, fmt, (py::ssize_t)t.shape.size(), shape, strides,
                                 t.storage->tape_refs > 0);
@@ -214,6 +215,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("take", &ops::take);
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
     m.def("expand", &ops::expand);
+    m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
+          py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
+    m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
+    m.def("avg_pool2d", &ops::avg_pool2d, py::arg("x"), py::arg("k"));
+    m.def("dropout", &ops::dropout, py::arg("x"), py::arg("p"), py::arg("training"));
 
     // ---- tape control and accounting ----
     m.def("set_grad_enabled", &set_grad_enabled);
