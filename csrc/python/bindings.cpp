@@ -2,6 +2,7 @@
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
 
+#include "../core/conv.h"
 #include "../core/gemm.h"
 #include "../core/ops.h"
 #include "../core/rng.h"
@@ -220,6 +221,21 @@ PYBIND11_MODULE(_core, m) {
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
     m.def("avg_pool2d", &ops::avg_pool2d, py::arg("x"), py::arg("k"));
     m.def("dropout", &ops::dropout, py::arg("x"), py::arg("p"), py::arg("training"));
+    // The row-subset building block of a sampled conv dW (conv.h), exposed for its tests.
+    m.def("_conv_weight_grad_rows",
+          [](const Tensor &x, const Tensor &g, const Shape &wshape, std::array<int64_t, 2> stride,
+             std::array<int64_t, 2> padding, const std::vector<int64_t> &rows, const std::vector<double> &weights) {
+              SPAD_CHECK(weights.empty() || weights.size() == rows.size(), ValueError, "conv2d weight grad: ",
+                         weights.size(), " weights for ", rows.size(), " rows");
+              ConvGeom geom = conv_geom(x->shape, wshape, stride[0], stride[1], padding[0], padding[1]);
+              RowSet rs;
+              rs.idx = rows.data();
+              rs.weight = weights.empty() ? nullptr : weights.data();
+              rs.count = (int64_t)rows.size();
+              return conv_weight_grad_rows(x, g, geom, rs);
+          },
+          py::arg("x"), py::arg("g"), py::arg("wshape"), py::arg("stride"), py::arg("padding"), py::arg("rows"),
+          py::arg("weights") = std::vector<double>());
 
     // ---- tape control and accounting ----
     m.def("set_grad_enabled", &set_grad_enabled);
