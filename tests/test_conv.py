@@ -97,9 +97,8 @@ def test_conv2d_float32_matches_float64():
     np.testing.assert_allclose(y.numpy(), np_conv2d(x, w, b, 2, 1), rtol=1e-4, atol=1e-5)
 
 
-def test_conv2d_weight_grad_over_many_chunks():
-    # 64 channels x 4x4 kernel = 1024 patch entries, so backward rebuilds the im2col rows in
-    # chunks of 1024 rows; 1 x 37 x 37 = 1369 rows makes two chunks.
+def test_conv2d_weight_grad_large_and_over_many_chunks():
+    # 64 channels x 4x4 kernel = 1024 patch entries; 1 x 37 x 37 = 1369 output positions.
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 64, 40, 40))
     w = rng.standard_normal((3, 64, 4, 4))
@@ -109,7 +108,12 @@ def test_conv2d_weight_grad_over_many_chunks():
     (y * spad.tensor(G)).sum().backward()
     cols = np_im2col(x, (4, 4), 1, 0)  # (1369, 1024)
     g_rows = G.transpose(0, 2, 3, 1).reshape(-1, 3)
-    np.testing.assert_allclose(tw.grad.numpy(), (g_rows.T @ cols).reshape(w.shape), rtol=1e-10, atol=1e-10)
+    ref = (g_rows.T @ cols).reshape(w.shape)
+    np.testing.assert_allclose(tw.grad.numpy(), ref, rtol=1e-10, atol=1e-10)
+    # The row-subset path rebuilds rows in chunks of 2^20 / 1024 = 1024 rows: two chunks here.
+    rows = list(range(cols.shape[0]))
+    dW = C._conv_weight_grad_rows(spad.tensor(x), spad.tensor(G), list(w.shape), (1, 1), (0, 0), rows)
+    np.testing.assert_allclose(dW.numpy(), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_conv2d_against_torch():

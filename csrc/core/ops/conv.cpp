@@ -63,39 +63,82 @@ static void check_rows(const char *what, const ConvGeom &g, const RowSet &rows) 
     }
 }
 
-// Visits the im2col entries of the selected rows in row-major order: f(j, xoff) for
-// each of the C*kh*kw entries j of a row, xoff = the element offset in x, or -1 where
-// the kernel hangs over the zero padding. One loop nest serves im2col and col2im.
-template <class F> static void for_each_patch(const ConvGeom &g, const RowSet &rows, F &&f) {
-    const int64_t P = g.Ho * g.Wo, K = g.cols();
+// The selected rows of X_col, row-major (rows.count, C*kh*kw): the general path, used
+// for subsets of rows (sampling). Zero where the kernel hangs over the padding.
+template <class T> static void im2col_kernel(const T *x, const ConvGeom &g, const RowSet &rows, T *out) {
+    const int64_t P = g.Ho * g.Wo;
     for (int64_t i = 0; i < rows.count; ++i) {
         const int64_t r = rows.row(i);
         const int64_t n = r / P, p = r % P, oh = p / g.Wo, ow = p % g.Wo;
         const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-        int64_t j = i * K;
+        T *o = out + i * g.cols();
         for (int64_t c = 0; c < g.C; ++c) {
-            const int64_t plane = (n * g.C + c) * g.H * g.W;
+            const T *plane = x + (n * g.C + c) * g.H * g.W;
             for (int64_t a = 0; a < g.kh; ++a) {
                 const int64_t h = h0 + a;
-                const bool hin = h >= 0 && h < g.H;
-                for (int64_t b = 0; b < g.kw; ++b, ++j) {
+                for (int64_t b = 0; b < g.kw; ++b) {
                     const int64_t w = w0 + b;
-                    f(j, hin && w >= 0 && w < g.W ? plane + h * g.W + w : -1);
+                    *o++ = h >= 0 && h < g.H && w >= 0 && w < g.W ? plane[h * g.W + w] : T(0);
                 }
             }
         }
     }
 }
 
-template <class T> static void im2col_kernel(const T *x, const ConvGeom &g, const RowSet &rows, T *out) {
-    for_each_patch(g, rows, [&](int64_t j, int64_t xo) { out[j] = xo >= 0 ? x[xo] : T(0); });
+// The whole-image fast path (forward, dx and the exact dW): image n's patch matrix
+// stored transposed, colT[j, p] with j the patch entry and p = oh*Wo + ow (Caffe's
+// layout). Each (c, a, b) row of colT is a strided copy of input rows, so filling it is a
+// few long loops instead of one short, branchy loop per output position.
+
+// Output columns [lo, hi) whose input column ow*sw - pw + b lies inside [0, W).
+static void inside_cols(const ConvGeom &g, int64_t b, int64_t &lo, int64_t &hi) {
+    const int64_t last = g.W - 1 + g.pw - b;
+    hi = last < 0 ? 0 : std::min(g.Wo, last / g.sw + 1);
+    lo = std::min(hi, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : int64_t(0));
 }
 
-// dx[patch entries] += dcols: the adjoint of im2col.
-template <class T> static void col2im_add_kernel(const T *dcols, const ConvGeom &g, const RowSet &rows, T *dx) {
-    for_each_patch(g, rows, [&](int64_t j, int64_t xo) {
-        if (xo >= 0) dx[xo] += dcols[j];
-    });
+template <class T> static void im2col_image_T(const T *x, const ConvGeom &g, int64_t n, T *colT) {
+    const int64_t P = g.Ho * g.Wo;
+    for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t a = 0; a < g.kh; ++a)
+            for (int64_t b = 0; b < g.kw; ++b) {
+                T *row = colT + ((c * g.kh + a) * g.kw + b) * P;
+                const T *plane = x + (n * g.C + c) * g.H * g.W;
+                int64_t lo, hi;
+                inside_cols(g, b, lo, hi);
+                for (int64_t oh = 0; oh < g.Ho; ++oh) {
+                    T *out = row + oh * g.Wo;
+                    const int64_t h = oh * g.sh - g.ph + a;
+                    if (h < 0 || h >= g.H) {
+                        std::fill(out, out + g.Wo, T(0));
+                        continue;
+                    }
+                    const T *in = plane + h * g.W;
+                    std::fill(out, out + lo, T(0));
+                    for (int64_t ow = lo; ow < hi; ++ow) out[ow] = in[ow * g.sw - g.pw + b];
+                    std::fill(out + hi, out + g.Wo, T(0));
+                }
+            }
+}
+
+// dx[image n] += the adjoint of im2col_image_T applied to colT.
+template <class T> static void col2im_image_T_add(const T *colT, const ConvGeom &g, int64_t n, T *dx) {
+    const int64_t P = g.Ho * g.Wo;
+    for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t a = 0; a < g.kh; ++a)
+            for (int64_t b = 0; b < g.kw; ++b) {
+                const T *row = colT + ((c * g.kh + a) * g.kw + b) * P;
+                T *plane = dx + (n * g.C + c) * g.H * g.W;
+                int64_t lo, hi;
+                inside_cols(g, b, lo, hi);
+                for (int64_t oh = 0; oh < g.Ho; ++oh) {
+                    const int64_t h = oh * g.sh - g.ph + a;
+                    if (h < 0 || h >= g.H) continue;
+                    const T *src = row + oh * g.Wo;
+                    T *in = plane + h * g.W;
+                    for (int64_t ow = lo; ow < hi; ++ow) in[ow * g.sw - g.pw + b] += src[ow];
+                }
+            }
 }
 
 Tensor im2col(const Tensor &x_, const ConvGeom &g, const RowSet &rows) {
@@ -137,15 +180,32 @@ void add_weight_grad_from_cols(const Tensor &cols_, const Tensor &g_, const Conv
     });
 }
 
-Tensor conv_weight_grad_rows(const Tensor &x_, const Tensor &g, const ConvGeom &geom, const RowSet &rows) {
+Tensor conv_weight_grad_rows(const Tensor &x_, const Tensor &g_, const ConvGeom &geom, const RowSet &rows) {
     Tensor x = contiguous(x_);
     Tensor dW = zeros({geom.O, geom.C, geom.kh, geom.kw}, x->dtype);
-    // Rebuild X_col in chunks of about 1M entries: backward never holds the whole matrix.
-    const int64_t K = std::max<int64_t>(geom.cols(), 1);
+    const int64_t K = std::max<int64_t>(geom.cols(), 1), P = geom.Ho * geom.Wo;
+    if (!rows.idx && !rows.weight && rows.first == 0 && rows.count == geom.rows()) {
+        // Every row with weight 1 (the exact gradient): dW2 += g_n @ colT_n^T per image.
+        SPAD_CHECK(g_->shape == Shape({geom.N, geom.O, geom.Ho, geom.Wo}), ValueError,
+                   "conv2d weight grad: gradient of shape ", shape_str(g_->shape), " does not match the output (",
+                   geom.N, ", ", geom.O, ", ", geom.Ho, ", ", geom.Wo, ")");
+        Tensor g = contiguous(g_);
+        SPAD_FLOAT(x->dtype, T, {
+            std::vector<T> colT((size_t)(K * P));
+            for (int64_t n = 0; n < geom.N; ++n) {
+                im2col_image_T(x->data<T>(), geom, n, colT.data());
+                gemm(false, true, geom.O, geom.cols(), P, T(1), g->data<T>() + n * geom.O * P, P, colT.data(), P,
+                     T(1), dW->data<T>(), geom.cols());
+            }
+        });
+        return dW;
+    }
+    // A subset: rebuild its X_col rows in chunks of about 1M entries, so backward never
+    // holds a large patch matrix.
     const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / K);
     for (int64_t i = 0; i < rows.count; i += chunk) {
         RowSet part = rows.slice(i, std::min(chunk, rows.count - i));
-        add_weight_grad_from_cols(im2col(x, geom, part), g, geom, part, dW);
+        add_weight_grad_from_cols(im2col(x, geom, part), g_, geom, part, dW);
     }
     return dW;
 }
@@ -166,15 +226,15 @@ Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int6
     Tensor xc = contiguous(x), wc = contiguous(w), bc = b ? contiguous(b) : Tensor();
     Tensor out = empty({g.N, O, g.Ho, g.Wo}, x->dtype);
     SPAD_FLOAT(x->dtype, T, {
-        // One image at a time: its (P, K) patch matrix times W2^T lands directly in NCHW.
-        std::vector<T> cols((size_t)(P * K));
+        // One image at a time: W2 (O, K) @ colT (K, P) lands directly in NCHW.
+        std::vector<T> colT((size_t)(K * P));
         const T *pw = wc->data<T>();
         for (int64_t n = 0; n < g.N; ++n) {
-            im2col_kernel(xc->data<T>(), g, RowSet::range(n * P, P), cols.data());
+            im2col_image_T(xc->data<T>(), g, n, colT.data());
             T *o = out->data<T>() + n * O * P;
             if (bc)
                 for (int64_t c = 0; c < O; ++c) std::fill(o + c * P, o + (c + 1) * P, bc->data<T>()[c]);
-            gemm(false, true, O, P, K, T(1), pw, K, cols.data(), K, bc ? T(1) : T(0), o, P);
+            gemm(false, false, O, P, K, T(1), pw, K, colT.data(), P, bc ? T(1) : T(0), o, P);
         }
     });
     std::shared_ptr<Node> node = b ? make_node(OpKind::CONV2D, {&x, &w, &b}) : make_node(OpKind::CONV2D, {&x, &w});
@@ -187,16 +247,15 @@ Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int6
     return out;
 }
 
-// dx = col2im(g_rows @ W2), one image at a time.
+// dx = col2im(W2^T @ g_n), one image at a time.
 static Tensor conv_input_grad(const Tensor &g, const Tensor &w, const ConvGeom &geom) {
     const int64_t P = geom.Ho * geom.Wo, K = geom.cols(), O = geom.O;
     Tensor dx = zeros({geom.N, geom.C, geom.H, geom.W}, g->dtype);
     SPAD_FLOAT(g->dtype, T, {
-        std::vector<T> dcols((size_t)(P * K));
+        std::vector<T> dcolT((size_t)(K * P));
         for (int64_t n = 0; n < geom.N; ++n) {
-            // g_n is stored (O, P); the GEMM reads it transposed as (P, O).
-            gemm(true, false, P, K, O, T(1), g->data<T>() + n * O * P, P, w->data<T>(), K, T(0), dcols.data(), K);
-            col2im_add_kernel(dcols.data(), geom, RowSet::range(n * P, P), dx->data<T>());
+            gemm(true, false, K, P, O, T(1), w->data<T>(), K, g->data<T>() + n * O * P, P, T(0), dcolT.data(), P);
+            col2im_image_T_add(dcolT.data(), geom, n, dx->data<T>());
         }
     });
     return dx;
