@@ -8,7 +8,6 @@
 // through conv2d raises). Pooling and dropout backward rules stay differentiable.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -161,8 +160,8 @@ void add_weight_grad_from_cols(const Tensor &cols_, const Tensor &g_, const Conv
                shape_str(g_->shape), " does not match the output (", geom.N, ", ", O, ", ", geom.Ho, ", ", geom.Wo,
                ")");
     SPAD_CHECK(dW->is_contiguous() && dW->numel() == O * K && dW->dtype == g_->dtype && cols_->dtype == g_->dtype,
-               ValueError, "conv2d weight grad: accumulator of shape ", shape_str(dW->shape), " (", dtype_name(dW->dtype),
-               ") does not match a contiguous (", O, ", ", K, ") ", dtype_name(g_->dtype), " weight gradient");
+               ValueError, "conv2d weight grad: accumulator of shape ", shape_str(dW->shape), " (",
+               dtype_name(dW->dtype), ") does not match a contiguous (", O, ", ", K, ") ", dtype_name(g_->dtype), " weight gradient");
     check_rows("conv2d weight grad", geom, rows);
     if (rows.count == 0) return;
     Tensor cols = contiguous(cols_), g = contiguous(g_);
