@@ -88,7 +88,7 @@ template <class T> static void im2col_kernel(const T *x, const ConvGeom &g, cons
 // stored transposed, colT[j, p] with j the patch entry and p = oh*Wo + ow (Caffe's
 // layout). Each (c, a, b) row of colT is a strided copy of input rows, so filling it is a
 // few long loops instead of one short, branchy loop per output position.
-
+//
 // Output columns [lo, hi) whose input column ow*sw - pw + b lies inside [0, W).
 static void inside_cols(const ConvGeom &g, int64_t b, int64_t &lo, int64_t &hi) {
     const int64_t last = g.W - 1 + g.pw - b;
@@ -161,7 +161,8 @@ void add_weight_grad_from_cols(const Tensor &cols_, const Tensor &g_, const Conv
                ")");
     SPAD_CHECK(dW->is_contiguous() && dW->numel() == O * K && dW->dtype == g_->dtype && cols_->dtype == g_->dtype,
                ValueError, "conv2d weight grad: accumulator of shape ", shape_str(dW->shape), " (",
-               dtype_name(dW->dtype), ") does not match a contiguous (", O, ", ", K, ") ", dtype_name(g_->dtype), " weight gradient");
+               dtype_name(dW->dtype), ") does not match a contiguous (", O, ", ", K, ") ", dtype_name(g_->dtype),
+               " weight gradient");
     check_rows("conv2d weight grad", geom, rows);
     if (rows.count == 0) return;
     Tensor cols = contiguous(cols_), g = contiguous(g_);
