@@ -23,6 +23,7 @@ from .tensor import (
     is_grad_enabled,
     set_tape_budget,
     concatenate,
+    manual_seed,
 )
 from . import functional
 
@@ -47,5 +48,6 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "concatenate",
+    "manual_seed",
     "functional",
 ]

@@ -1,7 +1,7 @@
 """Functional ops (``import spad.functional as F``), numpy-broadcasting where it applies."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,3 +46,45 @@ def mse_loss(pred: Tensor, target: Any) -> Tensor:
 
         target = tensor(target, dtype=pred.dtype)
     return _core.mse_loss(pred, target)
+
+
+def _pair(name: str, v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return (int(v), int(v))
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def conv2d(
+    x: Tensor,
+    w: Tensor,
+    b: Optional[Tensor] = None,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int]] = 0,
+) -> Tensor:
+    """2-D convolution (cross-correlation, as in PyTorch) of an NCHW input.
+
+    ``w`` has shape (C_out, C_in, kh, kw), ``b`` (C_out,). ``stride`` and ``padding`` (zeros)
+    are an int or an (h, w) pair. The tape keeps the input, not its im2col matrix."""
+    return _core.conv2d(x, w, b, _pair("stride", stride), _pair("padding", padding))
+
+
+def max_pool2d(x: Tensor, k: int) -> Tensor:
+    """Max over k x k windows with stride k and no padding (trailing rows/columns that do
+    not fill a window are dropped). The tape keeps one int32 argmax per output."""
+    return _core.max_pool2d(x, int(k))
+
+
+def avg_pool2d(x: Tensor, k: int) -> Tensor:
+    """Mean over k x k windows with stride k and no padding; saves nothing on the tape."""
+    return _core.avg_pool2d(x, int(k))
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the rest by
+    1/(1-p). Identity when ``training`` is False or ``p`` is 0. The mask comes from the
+    global counter-based RNG (``spad.manual_seed``) and is regenerated in backward, so
+    dropout adds nothing to the tape."""
+    return _core.dropout(x, float(p), bool(training))

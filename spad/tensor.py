@@ -117,6 +117,15 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return _core.concatenate(list(tensors), axis)
 
 
+def manual_seed(seed: int) -> None:
+    """Seed the global counter-based RNG used by dropout and the samplers, so a run
+    (masks, sampled paths) is reproducible. Does not affect ``randn(seed=...)``."""
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"manual_seed: seed must be >= 0, got {seed}")
+    _core.manual_seed(seed)
+
+
 def is_grad_enabled() -> bool:
     return _core.is_grad_enabled()
 

@@ -13,7 +13,8 @@
 
 namespace spad {
 
-enum class DType : uint8_t { F32, F64, I64, U8 };
+// I32 was appended last so the numeric values of the older kinds do not change.
+enum class DType : uint8_t { F32, F64, I64, U8, I32 };
 
 inline size_t dtype_size(DType d) {
     switch (d) {
@@ -21,6 +22,7 @@ inline size_t dtype_size(DType d) {
         case DType::F64: return 8;
         case DType::I64: return 8;
         case DType::U8: return 1;
+        case DType::I32: return 4;
     }
     return 0;
 }
@@ -30,6 +32,7 @@ inline const char *dtype_name(DType d) {
         case DType::F64: return "float64";
         case DType::I64: return "int64";
         case DType::U8: return "uint8";
+        case DType::I32: return "int32";
     }
     return "?";
 }

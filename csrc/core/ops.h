@@ -2,6 +2,8 @@
 // requires grad; its backward rule (backward_NAME) sits next to it in ops/*.cpp and its
 // saved payload is declared in ops.def.
 #pragma once
+#include <array>
+
 #include "tape.h"
 
 namespace spad {
@@ -49,6 +51,13 @@ Tensor softmax(const Tensor &x, int64_t axis);
 Tensor log_softmax(const Tensor &x, int64_t axis);
 Tensor cross_entropy(const Tensor &logits, const Tensor &labels);  // labels int64 (B,)
 Tensor mse_loss(const Tensor &pred, const Tensor &target);
+
+// convolution, pooling, dropout on NCHW tensors (ops/conv.cpp)
+Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int64_t, 2> stride,
+              std::array<int64_t, 2> padding);  // w (C_out, C_in, kh, kw), b (C_out,) or null
+Tensor max_pool2d(const Tensor &x, int64_t k);   // kernel k, stride k, no padding
+Tensor avg_pool2d(const Tensor &x, int64_t k);
+Tensor dropout(const Tensor &x, double p, bool training);  // inverted; mask from the global RNG
 
 // helpers shared by op files
 int64_t norm_axis(const char *op, int64_t axis, int64_t ndim);

@@ -524,4 +524,10 @@ Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const cha
     return out;
 }
 
+void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x, const ConvGeom &) { slot.pack_exact(x); }
+
+Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
+    return conv_weight_grad_rows(slot.get(op_name(n.op)), g, geom, RowSet::range(0, geom.rows()));
+}
+
 }  // namespace spad

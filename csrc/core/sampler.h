@@ -22,6 +22,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "conv.h"
 #include "node.h"
 
 namespace spad {
@@ -77,5 +78,12 @@ Tensor input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Ten
 // leaf parameter, so it may be stored Bernoulli-sampled (kept values + seed, weight 1/p).
 bool pack_leaf_factor(SavedTensor &slot, const Tensor &other);
 Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);
+
+// conv2d: the saved tensor is the input x (N, C, H, W), never its im2col matrix. A
+// policy may instead keep a subset of spatial positions (rows of the im2col matrix, see
+// Note [im2col rows] in conv.h) and compute dW from them with add_weight_grad_from_cols.
+// Exact by default: dW summed over all rows. g: the output gradient (N, C_out, Ho, Wo).
+void pack_conv_input(Node &n, SavedTensor &slot, const Tensor &x, const ConvGeom &geom);
+Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom);
 
 }  // namespace spad

@@ -124,6 +124,7 @@ double item(const Tensor &t) {
         case DType::F64: return *t->data<double>();
         case DType::I64: return (double)*t->data<int64_t>();
         case DType::U8: return *t->data<uint8_t>();
+        case DType::I32: return *t->data<int32_t>();
     }
     return 0;
 }

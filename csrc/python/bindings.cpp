@@ -2,6 +2,7 @@
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
 
+#include "../core/conv.h"
 #include "../core/gemm.h"
 #include "../core/ops.h"
 #include "../core/rng.h"
@@ -90,6 +91,7 @@ PYBIND11_MODULE(_core, m) {
          std::string fmt = t.dtype == DType::F32 ? py::format_descriptor<float>::format()
                          : t.dtype == DType::F64 ? py::format_descriptor<double>::format()
                          : t.dtype == DType::I64 ? py::format_descriptor<int64_t>::format()
+                         : t.dtype == DType::I32 ? py::format_descriptor<int32_t>::format()
                                                  : py::format_descriptor<uint8_t>::format();
          return py::buffer_info(t.raw(), es, fmt, (py::ssize_t)t.shape.size(), shape, strides,
                                 t.storage->tape_refs > 0);
@@ -215,6 +217,26 @@ PYBIND11_MODULE(_core, m) {
     m.def("take", &ops::take);
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
     m.def("expand", &ops::expand);
+    m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
+          py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
+    m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
+    m.def("avg_pool2d", &ops::avg_pool2d, py::arg("x"), py::arg("k"));
+    m.def("dropout", &ops::dropout, py::arg("x"), py::arg("p"), py::arg("training"));
+    // The row-subset building block of a sampled conv dW (conv.h), exposed for its tests.
+    m.def("_conv_weight_grad_rows",
+          [](const Tensor &x, const Tensor &g, const Shape &wshape, std::array<int64_t, 2> stride,
+             std::array<int64_t, 2> padding, const std::vector<int64_t> &rows, const std::vector<double> &weights) {
+              SPAD_CHECK(weights.empty() || weights.size() == rows.size(), ValueError, "conv2d weight grad: ",
+                         weights.size(), " weights for ", rows.size(), " rows");
+              ConvGeom geom = conv_geom(x->shape, wshape, stride[0], stride[1], padding[0], padding[1]);
+              RowSet rs;
+              rs.idx = rows.data();
+              rs.weight = weights.empty() ? nullptr : weights.data();
+              rs.count = (int64_t)rows.size();
+              return conv_weight_grad_rows(x, g, geom, rs);
+          },
+          py::arg("x"), py::arg("g"), py::arg("wshape"), py::arg("stride"), py::arg("padding"), py::arg("rows"),
+          py::arg("weights") = std::vector<double>());
 
     // ---- tape control and accounting ----
     m.def("set_grad_enabled", &set_grad_enabled);

@@ -40,6 +40,7 @@ inline py::dtype np_dtype(DType d) {
         case DType::F64: return py::dtype::of<double>();
         case DType::I64: return py::dtype::of<int64_t>();
         case DType::U8: return py::dtype::of<uint8_t>();
+        case DType::I32: return py::dtype::of<int32_t>();
     }
     return py::dtype::of<float>();
 }
