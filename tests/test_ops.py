@@ -85,6 +85,7 @@ CASES = [
     ("matmul_2d", lambda a, b: a @ b, np.matmul, [(3, 4), (4, 5)], {}),
     ("matmul_1d_2d", lambda a, b: a @ b, np.matmul, [(4,), (4, 5)], {}),
     ("matmul_2d_1d", lambda a, b: a @ b, np.matmul, [(3, 4), (4,)], {}),
+    ("matmul_1d_1d", lambda a, b: a @ b, np.matmul, [(4,), (4,)], {}),
     ("matmul_batched", lambda a, b: a @ b, np.matmul, [(2, 3, 4), (2, 4, 5)], {}),
     ("matmul_batch_bcast", lambda a, b: a @ b, np.matmul, [(2, 1, 3, 4), (3, 4, 5)], {}),
     ("matmul_batch_x_2d", lambda a, b: a @ b, np.matmul, [(2, 3, 4), (4, 5)], {}),
