@@ -242,9 +242,12 @@ print("ok", spad.memory_stats()["tape_bytes"])
 
 
 @pytest.mark.parametrize("expr,after", [
+    ("y * w", ""),                                           # saved inputs own the rest of the chain
+    ("y * y", ""),                                           # the same input saved twice in one node
     ("(y * w).tanh()", ""),
+    ("y * w", "y.sum().backward(retain_graph=True)"),
     ("y.tanh()", "y.sum().backward()"),
-], ids=["mul_tanh", "released"])
+], ids=["mul_w", "mul_self", "mul_tanh", "retained", "released"])
 def test_deep_graph_teardown_small_stack(expr, after):
     """Dropping an unreleased 100k-op graph must not recurse; a 1 MiB stack makes recursion crash."""
     code = CHAIN_SCRIPT.format(n=100_000, expr=expr, after=after)
