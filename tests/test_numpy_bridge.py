@@ -81,7 +81,8 @@ def test_saved_input_keeps_array_alive():
 
 
 # ---- arrays that cannot be shared ---------------------------------------------------
-@pytest.mark.parametrize("bad", [np.ones((2, 3), dtype=np.float16)], ids=["float16"])
+@pytest.mark.parametrize("bad", [np.arange(6).reshape(2, 3), np.ones((2, 3), dtype=np.float16)],
+                         ids=["int64", "float16"])
 def test_wrong_dtype_copied_or_refused(bad):
     t = spad.tensor(bad)
     assert t.dtype == np.float32
