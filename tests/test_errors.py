@@ -31,6 +31,7 @@ CASES = [
     ("div_shapes", lambda: t(2, 3) / t(3, 2), ValueError, ["div", "(2, 3)", "(3, 2)"]),
     ("matmul_inner", lambda: t(2, 3) @ t(4, 5), ValueError, ["matmul", "(2, 3)", "(4, 5)"]),
     ("matmul_1d", lambda: t(3) @ t(4, 5), ValueError, ["matmul", "(1, 3)", "(4, 5)"]),
+    ("matmul_batch", lambda: t(2, 3, 4) @ t(3, 4, 5), ValueError, ["matmul", "(2, 3, 4)", "(3, 4, 5)"]),
     ("matmul_0d", lambda: t() @ t(3), ValueError, ["matmul", "()", "(3,)"]),
     ("reshape_size", lambda: t(3, 4).reshape(5, 3), ValueError, ["reshape", "(3, 4)", "(5, 3)"]),
     ("reshape_infer", lambda: t(3, 4).reshape(5, -1), ValueError, ["reshape", "(3, 4)", "(5, -1)"]),

@@ -96,7 +96,13 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
                shape_str(b->shape), " are not aligned: ", a->shape[na - 1], " (dim ", na - 1, ") != ",
                b->shape[nb - 2], " (dim ", nb - 2, ")");
     Shape ba(a->shape.begin(), a->shape.end() - 2), bb(b->shape.begin(), b->shape.end() - 2);
-    Shape batch = broadcast_shapes("matmul", ba, bb);
+    Shape batch;
+    try {
+        batch = broadcast_shapes("matmul", ba, bb);
+    } catch (const ValueError &) {  // name the operands, not just their batch parts
+        throw ValueError(str("matmul: batch dimensions of shapes ", shape_str(a->shape), " and ",
+                             shape_str(b->shape), " cannot be broadcast together"));
+    }
     Tensor out = matmul_kernel(a, b, batch);
     auto node = make_node(OpKind::MATMUL, {&a, &b});
     if (node) {
