@@ -50,6 +50,9 @@ CASES = [
     ("concat_dtype", lambda: spad.concatenate([t(2), t(2, dtype=np.float32)]), TypeError,
      ["concatenate", "float64", "float32"]),
     ("linear_dtype", lambda: F.linear(t(2, 3, dtype=np.float32), t(3, 4)), TypeError, ["linear", "float32", "float64"]),
+    ("operand_str", lambda: t(3) + "a", TypeError, ["unsupported operand", "str"]),
+    ("operand_str_reflected", lambda: "a" * t(3), TypeError, ["unsupported operand", "str"]),
+    ("operand_object", lambda: t(3) * object(), TypeError, ["unsupported operand", "object"]),
     ("pow_tensor_exponent", lambda: t(3) ** t(3), TypeError, ["pow", "Tensor"]),
     # ---- NaN / inf in losses ----
     ("ce_nan", lambda: F.cross_entropy(spad.tensor(NAN_LOGITS), [0, 1]), ValueError, ["cross_entropy", "(2, 3)", "NaN"]),
