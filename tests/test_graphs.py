@@ -122,3 +122,45 @@ def test_unused_leaf_gets_no_grad():
     b = spad.tensor(np.ones(3), requires_grad=True)
     (a * 2.0).sum().backward()
     assert b.grad is None
+
+
+def _first_grads(program, arrays, R):
+    leaves = [spad.tensor(a.copy(), requires_grad=True) for a in arrays]
+    (run(program, leaves, 0)[-1] * spad.tensor(R)).sum().backward()
+    return [np.zeros_like(a) if t.grad is None else t.grad.numpy().copy() for a, t in zip(arrays, leaves)]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_random_graph_hessian_vector_products(case):
+    """create_graph=True through every op of the random graph: H v against central
+    differences of the (separately checked) first-order gradient along v."""
+    shapes, program, data_seed = case
+    rng = np.random.default_rng(data_seed)
+    arrays = [rng.standard_normal(s) for s in shapes]
+    vs = [rng.standard_normal(s) for s in shapes]
+    leaves = [spad.tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = run(program, leaves, 0)[-1]
+    R = np.random.default_rng(data_seed + 1).standard_normal(out.shape)
+    (out * spad.tensor(R)).sum().backward(create_graph=True)
+    gs = [t.grad for t in leaves]
+    for t in leaves:
+        t.grad = None
+    terms = [(g * spad.tensor(v)).sum() for g, v in zip(gs, vs) if g is not None and g.requires_grad]
+    if terms:
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        total.backward()
+    hv = [np.zeros_like(a) if t.grad is None else t.grad.numpy() for a, t in zip(arrays, leaves)]
+
+    eps = 1e-5
+    gp = _first_grads(program, [a + eps * v for a, v in zip(arrays, vs)], R)
+    gm = _first_grads(program, [a - eps * v for a, v in zip(arrays, vs)], R)
+    for i, (h, p, m) in enumerate(zip(hv, gp, gm)):
+        num = (p - m) / (2 * eps)
+        # Truncation ~eps^2 * third derivative, rounding ~1e-16 * |g| / eps: scale with |num|.
+        scale = max(1.0, float(np.abs(num).max()))
+        np.testing.assert_allclose(h, num, rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=f"leaf {i} of {shapes}, program {program}")
