@@ -75,6 +75,10 @@ def from_numpy(array: np.ndarray) -> Tensor:
     """Share a float32/float64 numpy array without copying (TypeError otherwise)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy: expected a numpy array, got {type(array).__name__}")
+    # The core also borrows int64 (labels, indices); a user-facing tensor must be float.
+    if array.dtype not in _FLOATS:
+        raise TypeError(f"from_numpy: unsupported dtype {array.dtype}; expected float32 or float64; "
+                        "use spad.tensor(x, dtype=...) to convert explicitly")
     return _core.from_numpy(array)
 
 

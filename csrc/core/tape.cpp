@@ -90,12 +90,22 @@ Tensor saved_output(Node &n, int i) {
 
 // ---- iterative teardown -----------------------------------------------------------
 // Dropping the last tensor of a 100k-op chain must not recurse 100k destructors deep:
-// children whose last owner is this node are moved to a thread-local queue instead.
+// every reference this node holds to another node is moved to a thread-local queue, so
+// no node is ever destroyed by this node's member destructors. Besides the edges, a saved
+// input (not yet released) owns its producer through grad_fn; when this node's slots are
+// that tensor's only owners, its grad_fn is moved to the queue as well.
 Node::~Node() {
     static thread_local std::vector<std::shared_ptr<Node>> pending;
     static thread_local bool draining = false;
+    for (SavedTensor &s : saved) {
+        const Tensor &v = s.value;
+        if (!v || !v->grad_fn) continue;
+        long owners = 0;  // the same input may sit in several slots (x * x)
+        for (const SavedTensor &o : saved) owners += o.value == v;
+        if (v.use_count() == owners) pending.push_back(std::move(v->grad_fn));
+    }
     for (Edge &e : next)
-        if (e.node && e.node.use_count() == 1) pending.push_back(std::move(e.node));
+        if (e.node) pending.push_back(std::move(e.node));
     if (draining) return;
     draining = true;
     while (!pending.empty()) {

@@ -25,7 +25,8 @@ Tensor operand(const py::handle &h, const Tensor &like) {
             a = py::array(py::module_::import("numpy").attr("asarray")(a, np_dtype(like->dtype)));
         return from_numpy(py::module_::import("numpy").attr("ascontiguousarray")(a));
     }
-    if (py::isinstance<py::sequence>(h))
+    // A str is a sequence too, but `t + "a"` is a type error, not a failed float parse.
+    if (py::isinstance<py::sequence>(h) && !py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h))
         return from_numpy(py::module_::import("numpy").attr("asarray")(h, np_dtype(like->dtype)));
     throw TypeError(str("unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor"));
 }

@@ -78,8 +78,12 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
     SPAD_CHECK(a->ndim() >= 1 && b->ndim() >= 1, ValueError, "matmul: both operands need at least one dimension, got ",
                shape_str(a->shape), " and ", shape_str(b->shape));
     if (a->ndim() == 1) {
+        // (K,) @ (..., K, N) drops the K row axis; (K,) @ (K,) is a 0-d dot product.
         Shape s = b->shape;
-        s.erase(s.end() - 2);
+        if (b->ndim() >= 2)
+            s.erase(s.end() - 2);
+        else
+            s.clear();
         return reshape(matmul(reshape(a, {1, a->shape[0]}), b), s);
     }
     if (b->ndim() == 1) {
@@ -92,7 +96,13 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
                shape_str(b->shape), " are not aligned: ", a->shape[na - 1], " (dim ", na - 1, ") != ",
                b->shape[nb - 2], " (dim ", nb - 2, ")");
     Shape ba(a->shape.begin(), a->shape.end() - 2), bb(b->shape.begin(), b->shape.end() - 2);
-    Shape batch = broadcast_shapes("matmul", ba, bb);
+    Shape batch;
+    try {
+        batch = broadcast_shapes("matmul", ba, bb);
+    } catch (const ValueError &) {  // name the operands, not just their batch parts
+        throw ValueError(str("matmul: batch dimensions of shapes ", shape_str(a->shape), " and ",
+                             shape_str(b->shape), " cannot be broadcast together"));
+    }
     Tensor out = matmul_kernel(a, b, batch);
     auto node = make_node(OpKind::MATMUL, {&a, &b});
     if (node) {
