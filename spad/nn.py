@@ -1,8 +1,8 @@
 """Neural-network modules, micrograd-sized.
 
 A Module registers parameters (spad tensors with requires_grad) and sub-modules as plain
-attributes; registration order is the order of ``parameters()``, which is also the order
-optimizers and state dicts use.
+attributes. ``parameters()`` lists a module's own parameters, then its sub-modules', each in
+registration order (as PyTorch does); optimizers and state dicts use that order.
 
     >>> model = Sequential(Linear(64, 256, seed=0), ReLU(), Linear(256, 10, seed=1))
     >>> logits = model(x)              # x: spad tensor (batch, 64)
