@@ -25,6 +25,7 @@ from .tensor import (
     concatenate,
 )
 from . import functional
+from . import init, nn, optim, data, datasets, train  # the training stack
 
 __version__ = "0.1.0"
 
@@ -48,4 +49,10 @@ __all__ = [
     "get_num_threads",
     "concatenate",
     "functional",
+    "init",
+    "nn",
+    "optim",
+    "data",
+    "datasets",
+    "train",
 ]

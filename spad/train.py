@@ -32,6 +32,7 @@ class History:
     loss: List[float] = field(default_factory=list)           # mean training loss
     accuracy: List[float] = field(default_factory=list)       # training accuracy (integer labels only)
     peak_tape_bytes: List[int] = field(default_factory=list)  # max over steps of the per-step tape peak
+    exact_tape_bytes: List[int] = field(default_factory=list)  # the same for what an exact tape would hold
     step_time: List[float] = field(default_factory=list)      # mean seconds per step (data + fwd + bwd + update)
     val_loss: List[float] = field(default_factory=list)
     val_accuracy: List[float] = field(default_factory=list)
@@ -160,7 +161,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
         model.train()
     try:
         for epoch in range(epochs):
-            losses, correct, seen, peak, t_total, steps = [], 0, 0, 0, 0.0, 0
+            losses, correct, seen, peak, peak_exact, t_total, steps = [], 0, 0, 0, 0, 0.0, 0
             t0 = time.perf_counter()
             for step, (xb, yb) in enumerate(train_loader):
                 if isinstance(xb, np.ndarray):
@@ -184,7 +185,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                peak = max(peak, _core.memory_stats()["peak_tape_bytes"])
+                mem = _core.memory_stats()
+                peak, peak_exact = max(peak, mem["peak_tape_bytes"]), max(peak_exact, mem["peak_exact_tape_bytes"])
                 losses.append(value)
                 labels = _labels(yb)
                 if labels is not None and out.ndim == 2:
@@ -198,6 +200,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
             if seen and _labels(yb) is not None:
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))
+            hist.exact_tape_bytes.append(int(peak_exact))
             hist.step_time.append(t_total / max(steps, 1))
             postfix = {"loss": f"{hist.loss[-1]:.4f}"}
             if val is not None:

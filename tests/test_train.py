@@ -152,3 +152,15 @@ def test_sampling_none_is_exact():
         outs.append(m.state_dict())
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k])
+
+
+def test_cli_train_and_sampling_specs(tmp_path, capsys):
+    from spad.__main__ import main, parse_sampling
+
+    assert parse_sampling("exact") is None
+    with pytest.raises(ValueError, match="unsupported sampling spec"):
+        parse_sampling("spad:0.1")
+    path = tmp_path / "m.npz"
+    assert main(["train", "--epochs", "1", "--no-progress", "--threads", "1", "--save", str(path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out and path.exists()
+    assert main(["train", "--dataset", "nope", "--no-progress"]) == 2
