@@ -65,7 +65,8 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Hyperparameters, step count and copies of the state arrays."""
-        hyper = {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, (int, float, bool, tuple))}
+        plain = (int, float, bool, tuple)
+        hyper = {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, plain)}
         return {"hyper": hyper, "state": [{k: a.copy() for k, a in st.items()} for st in self.state]}
 
     def load_state_dict(self, d: dict) -> None:

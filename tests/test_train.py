@@ -5,7 +5,6 @@ import time
 import numpy as np
 import pytest
 
-import spad
 import spad.functional as F
 import spad.nn as nn
 import spad.optim as optim
