@@ -26,6 +26,7 @@ from .tensor import (
     manual_seed,
 )
 from . import functional
+from . import init, nn, optim, data, datasets, train  # the training stack
 
 __version__ = "0.1.0"
 
@@ -50,4 +51,10 @@ __all__ = [
     "concatenate",
     "manual_seed",
     "functional",
+    "init",
+    "nn",
+    "optim",
+    "data",
+    "datasets",
+    "train",
 ]

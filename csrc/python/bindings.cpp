@@ -5,6 +5,7 @@
 #include "../core/conv.h"
 #include "../core/gemm.h"
 #include "../core/ops.h"
+#include "../core/optim.h"
 #include "../core/rng.h"
 #include "../core/sampler.h"
 #include "numpy_bridge.h"
@@ -289,6 +290,26 @@ PYBIND11_MODULE(_core, m) {
         });
     m.def("set_active_policy", [](const std::shared_ptr<Policy> &p) { set_active_policy(p); }, py::arg("policy").none(true));
     m.def("active_policy", &active_policy);
+
+    // ---- optimizers: fused in-place updates over lists of parameters (spad/optim.py) ----
+    {
+        using TL = std::vector<Tensor>;
+        auto nogil = py::call_guard<py::gil_scoped_release>();
+        m.def("sgd_step", &optim::sgd, py::arg("params"), py::arg("bufs"), py::arg("lr"), py::arg("momentum"),
+              py::arg("nesterov"), py::arg("weight_decay"), nogil);
+        m.def("adagrad_step", &optim::adagrad, py::arg("params"), py::arg("sq"), py::arg("lr"), py::arg("eps"),
+              py::arg("weight_decay"), nogil);
+        m.def("rmsprop_step", &optim::rmsprop, py::arg("params"), py::arg("sq"), py::arg("bufs"), py::arg("lr"),
+              py::arg("alpha"), py::arg("eps"), py::arg("momentum"), py::arg("nesterov"), py::arg("weight_decay"),
+              nogil);
+        m.def("adam_step", [](const TL &p, const TL &m1, const TL &m2, double lr, double b1, double b2, double eps,
+                              double wd, bool decoupled, int64_t step) {
+                  optim::adam(p, m1, m2, lr, b1, b2, eps, wd, decoupled, step);
+              }, nogil);
+        m.def("assign_", &optim::assign, py::arg("dst"), py::arg("src"),
+              "Copy src into dst in place and bump dst's version (parameter loads, averages).");
+        m.def("bump_version", &optim::bump_version, "Mark a tensor's storage as overwritten from outside the core.");
+    }
 
     // ---- kernels ----
     m.def("set_num_threads", &set_num_threads);

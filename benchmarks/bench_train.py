@@ -1,0 +1,111 @@
+"""One SGD step (forward, backward, update) of the digits MLP 64-256-256-10 at batch 32,
+and a 20-epoch training run, in spad and in PyTorch eager on the same machine, 1 thread.
+
+    python benchmarks/bench_train.py          # PyTorch is optional; its rows are skipped without it
+"""
+import time
+import timeit
+
+import numpy as np
+
+import spad
+import spad.functional as F
+import spad.nn as nn
+import spad.optim as optim
+from spad.data import DataLoader
+from spad.datasets import digits_split
+from spad.train import evaluate, fit
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+
+def best_us(fn, number=200, repeat=7):
+    return 1e6 * min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+
+
+def spad_step():
+    rng = np.random.default_rng(0)
+    x = spad.tensor(rng.random((32, 64), dtype=np.float32))
+    y = rng.integers(0, 10, 32)
+    model = nn.mlp([64, 256, 256, 10], seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return best_us(step)
+
+
+def torch_model():
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def torch_step():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((32, 64), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, 32))
+    model = torch_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return best_us(step)
+
+
+def spad_fit(data):
+    Xtr, ytr, Xte, yte = data
+    model = nn.mlp([64, 256, 256, 10], seed=0)
+    t0 = time.perf_counter()
+    fit(model, F.cross_entropy, DataLoader(Xtr, ytr, 32, seed=0), optim.SGD(model.parameters(), lr=0.1), 20,
+        progress=False)
+    return time.perf_counter() - t0, evaluate(model, Xte, yte)["accuracy"]
+
+
+def torch_fit(data):
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in data)
+    torch.manual_seed(0)
+    model = torch_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        perm = torch.randperm(len(Xtr), generator=g)
+        for i in range(0, len(Xtr), 32):
+            idx = perm[i:i + 32]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
+            opt.step()
+    secs = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = (model(Xte).argmax(1) == yte).float().mean().item()
+    return secs, acc
+
+
+def main():
+    spad.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    data = digits_split()
+    print("one SGD step, digits MLP 64-256-256-10, batch 32, 1 thread (best of 7 x 200)")
+    print(f"  spad           {spad_step():8.1f} us")
+    if torch is not None:
+        print(f"  PyTorch eager  {torch_step():8.1f} us   (torch {torch.__version__})")
+    print("20-epoch fit on digits (1,438 train examples, batch 32, SGD lr 0.1)")
+    s, a = spad_fit(data)
+    print(f"  spad fit()     {s:8.2f} s   test accuracy {a:.4f}")
+    if torch is not None:
+        s, a = torch_fit(data)
+        print(f"  PyTorch loop   {s:8.2f} s   test accuracy {a:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The training loop used by examples, the CLI and benchmarks.
+
+    >>> hist = fit(model, F.cross_entropy, DataLoader(X, y, 32), optim.SGD(model.parameters(), 0.1),
+    ...            epochs=20, val=(X_test, y_test))
+    >>> hist.val_accuracy[-1], hist.peak_tape_bytes[-1]
+
+Per step: forward (under the sampling policy, if any) -> loss -> backward -> update.
+The tape figure is the peak of ``spad.memory_stats()['peak_tape_bytes']`` over the steps
+of an epoch, reset before each forward, so it is the true per-step high-water mark.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from .tensor import no_grad, tensor
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss became NaN or inf; the message names the epoch and step."""
+
+
+@dataclass
+class History:
+    """Per-epoch records (lists indexed by epoch)."""
+
+    loss: List[float] = field(default_factory=list)           # mean training loss
+    accuracy: List[float] = field(default_factory=list)       # training accuracy (integer labels only)
+    peak_tape_bytes: List[int] = field(default_factory=list)  # max over steps of the per-step tape peak
+    exact_tape_bytes: List[int] = field(default_factory=list)  # the same for what an exact tape would hold
+    step_time: List[float] = field(default_factory=list)      # mean seconds per step (data + fwd + bwd + update)
+    val_loss: List[float] = field(default_factory=list)
+    val_accuracy: List[float] = field(default_factory=list)
+    stopped_epoch: Optional[int] = None  # set when early stopping or a callback ended training
+    best_epoch: Optional[int] = None     # the epoch whose parameters early stopping restored
+
+
+@dataclass
+class EarlyStopping:
+    """Goodfellow Alg. 7.1: after each epoch evaluate on the validation set; keep a copy of
+    the best parameters; stop after ``patience`` epochs without improvement by more than
+    ``min_delta`` and restore the best copy. ``monitor``: "val_loss" (lower is better) or
+    "val_accuracy" (higher is better)."""
+
+    patience: int = 5
+    min_delta: float = 0.0
+    monitor: str = "val_loss"
+    restore_best: bool = True
+
+    def __post_init__(self):
+        if self.patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {self.patience}")
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"EarlyStopping: monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
+        self.best, self.best_epoch, self.best_state, self.waited = None, None, None, 0
+
+    def update(self, epoch: int, value: float, model) -> bool:
+        """Record this epoch's metric; True means stop."""
+        sign = 1.0 if self.monitor == "val_loss" else -1.0
+        if self.best is None or sign * (self.best - value) > self.min_delta:
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            self.best_state = model.state_dict()
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+class Regularizer:
+    """Extension point: an object passed as ``fit(..., regularizer=r)``. After the loss of a
+    minibatch is computed, fit calls ``r.add(loss, closure, params)`` and backpropagates
+    the tensor it returns. ``closure()`` recomputes the minibatch loss (for penalties that
+    need gradients or perturbed parameters, e.g. Smith et al.'s explicit ‖∇Ĉ_k‖² term)."""
+
+    def add(self, loss, closure: Callable[[], Any], params: Sequence) -> Any:
+        return loss
+
+
+def _labels(y) -> Optional[np.ndarray]:
+    a = y if isinstance(y, np.ndarray) else None
+    return a if a is not None and a.dtype.kind in "iu" else None
+
+
+def evaluate(model, X, y, loss_fn: Optional[Callable] = None, batch_size: int = 1024) -> dict:
+    """Loss (if ``loss_fn``) and accuracy (integer ``y``) of ``model`` on (X, y), in eval
+    mode and without recording a tape; the model's previous mode is restored."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"evaluate: X has {len(X)} examples but y has {len(y)}")
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    total_loss, correct, n = 0.0, 0, len(X)
+    try:
+        with no_grad():
+            for i in range(0, n, batch_size):
+                xb, yb = tensor(X[i:i + batch_size]), y[i:i + batch_size]
+                out = model(xb)
+                if loss_fn is not None:
+                    target = yb if yb.dtype.kind in "iu" else tensor(yb, dtype=out.dtype)
+                    total_loss += loss_fn(out, target).item() * len(yb)
+                if yb.dtype.kind in "iu":
+                    correct += int((out.numpy().argmax(axis=1) == yb).sum())
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    res = {}
+    if loss_fn is not None:
+        res["loss"] = total_loss / n
+    if y.dtype.kind in "iu":
+        res["accuracy"] = correct / n
+    return res
+
+
+def _policy_context(sampling):
+    if sampling is None:
+        return contextlib.nullcontext()
+    from . import sampling as S  # lazily: the sampling module is optional for exact training
+
+    return S.use(sampling)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a declared dependency, but a missing bar must not stop training
+        return None
+    return tqdm(total=total, unit="epoch", leave=True)
+
+
+def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling=None,
+        val: Optional[Tuple[Any, Any]] = None, progress: bool = True, callbacks: Sequence[Callable] = (),
+        early_stopping=None, regularizer=None) -> History:
+    """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a History.
+
+    ``loss_fn(output, target)`` returns a scalar tensor. ``sampling``: a spad.sampling
+    policy under which every forward pass is recorded (None = exact backprop).
+    ``val = (X_val, y_val)`` is evaluated after every epoch. ``callbacks``: callables
+    ``cb(epoch, history, model)``; one returning True stops training.
+    ``early_stopping``: an int patience or an EarlyStopping (needs ``val``).
+    ``regularizer``: see Regularizer. A NaN/inf loss raises NonFiniteLossError (both a
+    FloatingPointError and a ValueError) naming the epoch and step.
+    """
+    if epochs < 0:
+        raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
+    if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
+        early_stopping = EarlyStopping(patience=early_stopping)
+    if early_stopping is not None and val is None:
+        raise ValueError("fit: early_stopping needs a validation set (val=(X_val, y_val))")
+    params = model.parameters()
+    hist = History()
+    bar = _progress(epochs, progress)
+    if hasattr(model, "train"):
+        model.train()
+    try:
+        for epoch in range(epochs):
+            losses, correct, seen, peak, peak_exact, t_total, steps = [], 0, 0, 0, 0, 0.0, 0
+            t0 = time.perf_counter()
+            for step, (xb, yb) in enumerate(train_loader):
+                if isinstance(xb, np.ndarray):
+                    xb = tensor(xb)
+                _core.reset_peak_memory_stats()
+                try:
+                    with _policy_context(sampling):
+                        out = model(xb)
+                        loss = loss_fn(out, yb)
+                        if regularizer is not None:
+                            loss = regularizer.add(loss, lambda: loss_fn(model(xb), yb), params)
+                    value = loss.item()
+                    if not np.isfinite(value):
+                        raise NonFiniteLossError(f"loss is {value}")
+                except (ValueError, FloatingPointError) as e:
+                    if isinstance(e, NonFiniteLossError) or "NaN or inf" in str(e):
+                        raise NonFiniteLossError(
+                            f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
+                            "Lower the learning rate or check the data.") from e
+                    raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                mem = _core.memory_stats()
+                peak, peak_exact = max(peak, mem["peak_tape_bytes"]), max(peak_exact, mem["peak_exact_tape_bytes"])
+                losses.append(value)
+                labels = _labels(yb)
+                if labels is not None and out.ndim == 2:
+                    correct += int((out.numpy().argmax(axis=1) == labels).sum())
+                seen += len(xb)
+                steps += 1
+                t1 = time.perf_counter()
+                t_total += t1 - t0
+                t0 = t1
+            hist.loss.append(float(np.mean(losses)) if losses else float("nan"))
+            if seen and _labels(yb) is not None:
+                hist.accuracy.append(correct / seen)
+            hist.peak_tape_bytes.append(int(peak))
+            hist.exact_tape_bytes.append(int(peak_exact))
+            hist.step_time.append(t_total / max(steps, 1))
+            postfix = {"loss": f"{hist.loss[-1]:.4f}"}
+            if val is not None:
+                res = evaluate(model, val[0], val[1], loss_fn)
+                hist.val_loss.append(res["loss"])
+                if "accuracy" in res:
+                    hist.val_accuracy.append(res["accuracy"])
+                    postfix["val_acc"] = f"{res['accuracy']:.4f}"
+            if bar is not None:
+                bar.set_postfix(postfix)
+                bar.update(1)
+            stop = any(bool(cb(epoch, hist, model)) for cb in callbacks)
+            if early_stopping is not None:
+                metric = hist.val_loss[-1] if early_stopping.monitor == "val_loss" else hist.val_accuracy[-1]
+                stop = early_stopping.update(epoch, metric, model) or stop
+            if stop:
+                hist.stopped_epoch = epoch
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if early_stopping is not None and early_stopping.restore_best and early_stopping.best_state is not None:
+        model.load_state_dict(early_stopping.best_state)
+        hist.best_epoch = early_stopping.best_epoch
+    return hist
