@@ -78,8 +78,12 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
     SPAD_CHECK(a->ndim() >= 1 && b->ndim() >= 1, ValueError, "matmul: both operands need at least one dimension, got ",
                shape_str(a->shape), " and ", shape_str(b->shape));
     if (a->ndim() == 1) {
+        // numpy: the prepended 1 is removed again; vector @ vector is a 0-d inner product.
         Shape s = b->shape;
-        s.erase(s.end() - 2);
+        if (b->ndim() == 1)
+            s.clear();
+        else
+            s.erase(s.end() - 2);
         return reshape(matmul(reshape(a, {1, a->shape[0]}), b), s);
     }
     if (b->ndim() == 1) {
