@@ -160,6 +160,11 @@ static void test_gradients() {
         spad_tensor_t *o = nullptr;
         return spad_matmul(c, in[0], in[1], &o) == SPAD_OK ? weighted_sum(c, o) : nullptr;
     });
+    check_grads("matmul_vec", {{3}, {3}}, [](spad_ctx_t *c, const V &in) {  // regression: 1-D @ 1-D
+        spad_tensor_t *o = nullptr;
+        if (spad_matmul(c, in[0], in[1], &o) != SPAD_OK || spad_tensor_ndim(o) != 0) return (spad_tensor_t *)nullptr;
+        return weighted_sum(c, o);
+    });
     check_grads("tanh", {{2, 6}}, [](spad_ctx_t *c, const V &in) {
         spad_tensor_t *o = nullptr;
         return spad_tanh(c, in[0], &o) == SPAD_OK ? weighted_sum(c, o) : nullptr;
