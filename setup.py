@@ -8,7 +8,8 @@ from setuptools import setup
 
 ParallelCompile("SPAD_BUILD_JOBS", default=0).install()
 
-# One source list for both builds: every .cpp under csrc/core, sorted (CMake globs the same).
+# One source list for both builds: every .cpp under csrc/core, sorted. CMake globs the same
+# (cmake/spad_sources.cmake) and tests/test_build.py checks that the two lists agree.
 CORE = sorted(glob.glob("csrc/core/**/*.cpp", recursive=True))
 SOURCES = CORE + sorted(glob.glob("csrc/python/*.cpp"))
 

@@ -8,6 +8,7 @@ backprop stores, with an honest, measured memory figure.
     >>> loss.backward(); W.grad.shape
     (4, 2)
 """
+from . import _loader  # noqa: F401  (must run before _core is imported)
 from . import _core
 from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, set_num_threads, get_num_threads
 from .tensor import (

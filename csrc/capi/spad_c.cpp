@@ -1,0 +1,358 @@
+// spad_c.cpp — the C API (csrc/include/spad/spad.h) over core/.
+//
+// Every entry point runs its body through guard(), which catches every exception and maps
+// it to a spad_status plus a thread-local message: no exception may unwind into C code
+// (that is undefined behaviour, and an embedded caller has no way to catch it).
+#include "spad/spad.h"
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../core/ops.h"
+#include "../core/rng.h"
+
+struct spad_tensor {
+    spad::Tensor t;
+};
+
+struct spad_ctx {
+    // Handles in creation order, so spad_ctx_rewind(mark) can drop a step's tensors.
+    std::vector<std::unique_ptr<spad_tensor>> owned;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+spad_status fail(spad_status s, const char *msg) {
+    g_last_error = msg;
+    return s;
+}
+
+// A NULL handle, a bad dtype or rank: thrown so that guard() reports it like any other
+// error, but under its own status (the caller's bug, not a bad value in the data).
+struct ArgError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+// Runs f() and turns whatever it throws into a status. Order matters: the core's error
+// kinds derive from std::runtime_error, so they must be caught before it.
+template <class F> spad_status guard(F &&f) {
+    try {
+        g_last_error.clear();
+        f();
+        return SPAD_OK;
+    } catch (const ArgError &e) {
+        return fail(SPAD_ERR_INVALID_ARG, e.what());
+    } catch (const spad::ValueError &e) {
+        return fail(SPAD_ERR_VALUE, e.what());
+    } catch (const spad::TypeError &e) {
+        return fail(SPAD_ERR_TYPE, e.what());
+    } catch (const spad::RuntimeError &e) {
+        return fail(SPAD_ERR_RUNTIME, e.what());
+    } catch (const spad::BudgetError &e) {
+        return fail(SPAD_ERR_BUDGET, e.what());
+    } catch (const std::bad_alloc &) {
+        return fail(SPAD_ERR_ALLOC, "out of memory");
+    } catch (const std::exception &e) {
+        return fail(SPAD_ERR_INTERNAL, e.what());
+    } catch (...) {
+        return fail(SPAD_ERR_INTERNAL, "unknown error in the spad core");
+    }
+}
+
+void need(bool ok, const char *fn, const char *what) {
+    if (!ok) throw ArgError(spad::str(fn, ": ", what));
+}
+
+spad_tensor_t *keep(spad_ctx_t *ctx, spad::Tensor t) {
+    ctx->owned.push_back(std::unique_ptr<spad_tensor>(new spad_tensor{std::move(t)}));
+    return ctx->owned.back().get();
+}
+
+spad::DType to_dtype(spad_dtype d, const char *fn) {
+    switch (d) {
+        case SPAD_F32: return spad::DType::F32;
+        case SPAD_F64: return spad::DType::F64;
+        case SPAD_I64: return spad::DType::I64;
+    }
+    throw ArgError(spad::str(fn, ": unknown dtype ", (int)d));
+}
+
+spad::Shape to_shape(int32_t ndim, const int64_t *shape, const char *fn) {
+    need(ndim >= 0 && ndim <= SPAD_MAX_DIMS, fn, "ndim must be in 0..SPAD_MAX_DIMS");
+    need(ndim == 0 || shape, fn, "shape is NULL");
+    return spad::Shape(shape, shape + ndim);
+}
+
+// Shared body of the ops: check handles, run the core op, hand out the result.
+template <class F> spad_status run_op(spad_ctx_t *ctx, spad_tensor_t **out, const char *fn, F &&op) {
+    return guard([&] {
+        need(ctx && out, fn, "ctx and out must not be NULL");
+        *out = nullptr;
+        spad::Tensor r = op();
+        *out = keep(ctx, std::move(r));
+    });
+}
+
+const spad::Tensor &T(const spad_tensor_t *t, const char *fn, const char *name) {
+    if (!t) throw ArgError(spad::str(fn, ": ", name, " is NULL"));
+    return t->t;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *spad_last_error(void) { return g_last_error.c_str(); }
+
+const char *spad_status_str(spad_status s) {
+    switch (s) {
+        case SPAD_OK: return "ok";
+        case SPAD_ERR_VALUE: return "value error";
+        case SPAD_ERR_TYPE: return "type error";
+        case SPAD_ERR_RUNTIME: return "runtime error";
+        case SPAD_ERR_BUDGET: return "tape budget exceeded";
+        case SPAD_ERR_ALLOC: return "out of memory";
+        case SPAD_ERR_INVALID_ARG: return "invalid argument";
+        case SPAD_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+// ---- context ----
+spad_ctx_params spad_ctx_default_params(void) {
+    spad_ctx_params p;
+    p.tape_budget = -1;
+    p.seed = 0;
+    return p;
+}
+
+spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
+    return guard([&] {
+        need(out != nullptr, "spad_ctx_init", "out is NULL");
+        *out = nullptr;
+        spad_ctx_params p = params ? *params : spad_ctx_default_params();
+        need(p.tape_budget >= -1, "spad_ctx_init", "tape_budget must be >= 0 bytes, or -1 for none");
+        std::unique_ptr<spad_ctx> ctx(new spad_ctx);
+        spad::mem_stats().budget = p.tape_budget;
+        spad::manual_seed(p.seed);
+        *out = ctx.release();
+    });
+}
+
+void spad_ctx_free(spad_ctx_t *ctx) {
+    if (!ctx) return;
+    // Drop handles newest first: a graph is released from its loss back to its leaves.
+    while (!ctx->owned.empty()) ctx->owned.pop_back();
+    delete ctx;
+}
+
+size_t spad_ctx_mark(const spad_ctx_t *ctx) { return ctx ? ctx->owned.size() : 0; }
+
+spad_status spad_ctx_rewind(spad_ctx_t *ctx, size_t mark) {
+    return guard([&] {
+        need(ctx != nullptr, "spad_ctx_rewind", "ctx is NULL");
+        need(mark <= ctx->owned.size(), "spad_ctx_rewind", "mark is newer than the context (already rewound?)");
+        while (ctx->owned.size() > mark) ctx->owned.pop_back();
+    });
+}
+
+// ---- tensors ----
+spad_status spad_tensor_new(spad_ctx_t *ctx, spad_dtype dtype, int32_t ndim, const int64_t *shape,
+                            spad_tensor_t **out) {
+    const char *fn = "spad_tensor_new";
+    return run_op(ctx, out, fn, [&] { return spad::zeros(to_shape(ndim, shape, fn), to_dtype(dtype, fn)); });
+}
+
+spad_status spad_tensor_from_data(spad_ctx_t *ctx, spad_dtype dtype, int32_t ndim, const int64_t *shape,
+                                  const void *data, spad_tensor_t **out) {
+    const char *fn = "spad_tensor_from_data";
+    return run_op(ctx, out, fn, [&] {
+        spad::Tensor t = spad::empty(to_shape(ndim, shape, fn), to_dtype(dtype, fn));
+        const size_t n = (size_t)t->numel() * spad::dtype_size(t->dtype);
+        need(data || n == 0, fn, "data is NULL");
+        if (n) std::memcpy(t->raw(), data, n);
+        return t;
+    });
+}
+
+void *spad_tensor_data(const spad_tensor_t *t) { return t ? t->t->raw() : nullptr; }
+
+spad_dtype spad_tensor_dtype(const spad_tensor_t *t) {
+    if (t && t->t->dtype == spad::DType::F64) return SPAD_F64;
+    if (t && t->t->dtype == spad::DType::I64) return SPAD_I64;
+    return SPAD_F32;
+}
+
+int32_t spad_tensor_ndim(const spad_tensor_t *t) { return t ? (int32_t)t->t->ndim() : 0; }
+
+int64_t spad_tensor_dim(const spad_tensor_t *t, int32_t axis) {
+    if (!t || axis < 0 || axis >= t->t->ndim()) return -1;
+    return t->t->shape[axis];
+}
+
+int64_t spad_tensor_numel(const spad_tensor_t *t) { return t ? t->t->numel() : 0; }
+
+spad_status spad_tensor_item(const spad_tensor_t *t, double *out) {
+    return guard([&] {
+        need(out != nullptr, "spad_tensor_item", "out is NULL");
+        *out = spad::item(T(t, "spad_tensor_item", "t"));
+    });
+}
+
+spad_status spad_tensor_set_requires_grad(spad_ctx_t *ctx, spad_tensor_t *t, int on) {
+    return guard([&] {
+        const char *fn = "spad_tensor_set_requires_grad";
+        need(ctx != nullptr, fn, "ctx is NULL");
+        const spad::Tensor &x = T(t, fn, "t");
+        SPAD_CHECK(x->is_leaf() || on, RuntimeError, fn, ": only leaf tensors can stop requiring grad");
+        SPAD_CHECK(!on || spad::is_floating(x->dtype), TypeError, fn, ": only float tensors can require gradients, got ",
+                   spad::dtype_name(x->dtype));
+        x->requires_grad = on != 0;
+    });
+}
+
+spad_status spad_tensor_set_param(spad_ctx_t *ctx, spad_tensor_t *t) {
+    spad_status s = spad_tensor_set_requires_grad(ctx, t, 1);
+    if (s == SPAD_OK) t->t->storage->is_param = true;
+    return s;
+}
+
+int spad_tensor_requires_grad(const spad_tensor_t *t) { return t && t->t->requires_grad ? 1 : 0; }
+
+spad_status spad_tensor_grad(spad_ctx_t *ctx, const spad_tensor_t *t, spad_tensor_t **out) {
+    return guard([&] {
+        need(ctx && out, "spad_tensor_grad", "ctx and out must not be NULL");
+        *out = nullptr;
+        const spad::Tensor &x = T(t, "spad_tensor_grad", "t");
+        if (x->grad) *out = keep(ctx, spad::contiguous(x->grad));
+    });
+}
+
+spad_status spad_tensor_zero_grad(spad_ctx_t *ctx, spad_tensor_t *t) {
+    return guard([&] {
+        need(ctx != nullptr, "spad_tensor_zero_grad", "ctx is NULL");
+        T(t, "spad_tensor_zero_grad", "t")->grad.reset();
+    });
+}
+
+// ---- ops ----
+#define SPAD_C_BINARY(NAME)                                                                        \
+    spad_status spad_##NAME(spad_ctx_t *ctx, const spad_tensor_t *a, const spad_tensor_t *b,       \
+                            spad_tensor_t **out) {                                                 \
+        return run_op(ctx, out, "spad_" #NAME,                                                     \
+                      [&] { return spad::ops::NAME(T(a, #NAME, "a"), T(b, #NAME, "b")); });        \
+    }
+SPAD_C_BINARY(add)
+SPAD_C_BINARY(sub)
+SPAD_C_BINARY(mul)
+SPAD_C_BINARY(matmul)
+#undef SPAD_C_BINARY
+
+spad_status spad_linear(spad_ctx_t *ctx, const spad_tensor_t *x, const spad_tensor_t *W, const spad_tensor_t *b,
+                        spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_linear", [&] {
+        return spad::ops::linear(T(x, "linear", "x"), T(W, "linear", "W"), b ? b->t : spad::Tensor());
+    });
+}
+
+spad_status spad_relu(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_relu", [&] { return spad::ops::relu(T(x, "relu", "x")); });
+}
+
+spad_status spad_tanh(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_tanh", [&] { return spad::ops::tanh(T(x, "tanh", "x")); });
+}
+
+spad_status spad_sum(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_sum", [&] { return spad::ops::sum(T(x, "sum", "x"), {}, false); });
+}
+
+spad_status spad_mean(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_mean", [&] { return spad::ops::mean(T(x, "mean", "x"), {}, false); });
+}
+
+spad_status spad_mse_loss(spad_ctx_t *ctx, const spad_tensor_t *pred, const spad_tensor_t *target,
+                          spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_mse_loss", [&] {
+        return spad::ops::mse_loss(T(pred, "mse_loss", "pred"), T(target, "mse_loss", "target"));
+    });
+}
+
+spad_status spad_cross_entropy(spad_ctx_t *ctx, const spad_tensor_t *logits, const spad_tensor_t *labels,
+                               spad_tensor_t **out) {
+    return run_op(ctx, out, "spad_cross_entropy", [&] {
+        return spad::ops::cross_entropy(T(logits, "cross_entropy", "logits"), T(labels, "cross_entropy", "labels"));
+    });
+}
+
+// ---- training ----
+spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss) {
+    return guard([&] {
+        need(ctx != nullptr, "spad_backward", "ctx is NULL");
+        spad::backward(T(loss, "spad_backward", "loss"), nullptr, false, false);
+    });
+}
+
+// Plain SGD lives here until the core has an optimizer module; it is a loop, not policy.
+spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr) {
+    return guard([&] {
+        const char *fn = "sgd_step";
+        need(ctx != nullptr, fn, "ctx is NULL");
+        need(params || n_params == 0, fn, "params is NULL");
+        // Validate everything first so that an error leaves every parameter untouched.
+        for (size_t i = 0; i < n_params; ++i) {
+            const spad::Tensor &p = T(params[i], fn, "a parameter");
+            SPAD_CHECK(p->is_leaf() && p->requires_grad, RuntimeError, fn, ": parameter ", i, " of shape ",
+                       spad::shape_str(p->shape), " is not a leaf that requires grad");
+            SPAD_CHECK(p->is_contiguous(), ValueError, fn, ": parameter ", i, " is not contiguous");
+            if (p->grad)
+                SPAD_CHECK(p->grad->shape == p->shape && p->grad->dtype == p->dtype, RuntimeError, fn,
+                           ": gradient of parameter ", i, " does not match it (shape ", spad::shape_str(p->shape), ")");
+        }
+        for (size_t i = 0; i < n_params; ++i) {
+            const spad::Tensor &p = params[i]->t;
+            if (!p->grad) continue;
+            spad::Tensor g = spad::contiguous(p->grad);
+            const int64_t n = p->numel();
+            SPAD_FLOAT(p->dtype, S, {
+                S *w = p->data<S>();
+                const S *d = g->data<S>();
+                const S step = (S)lr;
+                for (int64_t j = 0; j < n; ++j) w[j] -= step * d[j];
+            });
+            // A tape that saved this parameter must now refuse to use it: see
+            // Note [Saved tensor versions] in core/saved.h.
+            p->storage->version++;
+        }
+    });
+}
+
+// ---- memory ----
+spad_status spad_mem_stats_get(spad_mem_stats *out) {
+    return guard([&] {
+        need(out != nullptr, "spad_mem_stats_get", "out is NULL");
+        const spad::MemStats &m = spad::mem_stats();
+        out->tape_bytes = m.tape_bytes;
+        out->peak_tape_bytes = m.peak_tape_bytes;
+        out->exact_tape_bytes = m.exact_tape_bytes;
+        out->peak_exact_tape_bytes = m.peak_exact_tape_bytes;
+        out->budget = m.budget;
+    });
+}
+
+void spad_mem_stats_reset_peak(void) { spad::reset_peak_memory_stats(); }
+
+spad_status spad_tape_budget_set(int64_t bytes) {
+    return guard([&] {
+        need(bytes >= -1, "spad_tape_budget_set", "budget must be >= 0 bytes, or -1 for none");
+        spad::mem_stats().budget = bytes;
+    });
+}
+
+}  // extern "C"

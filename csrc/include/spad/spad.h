@@ -1,0 +1,151 @@
+/* spad.h — the C API of spad: reverse-mode autodiff without Python, for devices and
+ * for embedding. This is the only public C header; it is C99-clean and C++-safe.
+ *
+ * A worked example: f(x) = a*x^2 + b, and df/dx at x = 2.
+ *
+ *     spad_ctx_t *ctx;
+ *     spad_tensor_t *a, *b, *x, *x2, *ax2, *f, *dx;
+ *     const int64_t one[1] = {1};
+ *     const double va = 3, vb = 4, vx = 2;
+ *     spad_ctx_init(NULL, &ctx);                                  // NULL: default params
+ *     spad_tensor_from_data(ctx, SPAD_F64, 1, one, &va, &a);
+ *     spad_tensor_from_data(ctx, SPAD_F64, 1, one, &vb, &b);
+ *     spad_tensor_from_data(ctx, SPAD_F64, 1, one, &vx, &x);
+ *     spad_tensor_set_requires_grad(ctx, x, 1);                   // we want df/dx
+ *     spad_mul(ctx, x, x, &x2);                                   // each op records a node
+ *     spad_mul(ctx, a, x2, &ax2);
+ *     spad_add(ctx, ax2, b, &f);
+ *     spad_sum(ctx, f, &f);                                       // backward needs a scalar
+ *     if (spad_backward(ctx, f) != SPAD_OK) puts(spad_last_error());
+ *     spad_tensor_grad(ctx, x, &dx);                              // 2*a*x = 12
+ *     printf("%g\n", ((double *)spad_tensor_data(dx))[0]);
+ *     spad_ctx_free(ctx);                                         // frees every tensor above
+ *
+ * Conventions
+ *   - Every call that can fail returns a spad_status; on failure spad_last_error() holds a
+ *     message (per thread) that starts with the op name and gives the shapes involved.
+ *     No C++ exception ever leaves this API.
+ *   - A context owns every tensor handle it hands out; spad_ctx_free() releases them all.
+ *     In a training loop, take spad_ctx_mark() after creating the parameters and call
+ *     spad_ctx_rewind() at the end of each step to drop that step's tensors (and tape).
+ *   - Tensors made here are dense, row-major and contiguous; spad_tensor_data() points at
+ *     the first element. Writing through it is allowed before a forward pass, not between
+ *     a forward pass and its backward (saved values would silently change).
+ *   - Tape accounting and the tape budget are process-wide (the core keeps one tape).
+ *   - Not thread-safe: use one thread per process for recording and backward.
+ *   - Names are spad_<object>_<action>; ops are spad_<op>(ctx, inputs..., &out).
+ */
+#ifndef SPAD_H
+#define SPAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum spad_status {
+    SPAD_OK = 0,
+    SPAD_ERR_VALUE = 1,        /* bad shapes or values (shape mismatch, label out of range, NaN) */
+    SPAD_ERR_TYPE = 2,         /* wrong dtype */
+    SPAD_ERR_RUNTIME = 3,      /* tape misuse: backward twice, no grad, modified saved tensor */
+    SPAD_ERR_BUDGET = 4,       /* the tape budget would be exceeded; nothing was recorded */
+    SPAD_ERR_ALLOC = 5,        /* out of memory */
+    SPAD_ERR_INVALID_ARG = 6,  /* a NULL handle or pointer, a bad dtype or rank */
+    SPAD_ERR_INTERNAL = 7      /* any other failure inside the core (a bug: please report) */
+} spad_status;
+
+typedef enum spad_dtype {
+    SPAD_F32 = 0,
+    SPAD_F64 = 1,
+    SPAD_I64 = 2  /* labels only; not differentiable */
+} spad_dtype;
+
+typedef struct spad_ctx spad_ctx_t;
+typedef struct spad_tensor spad_tensor_t;
+
+typedef struct spad_ctx_params {
+    int64_t tape_budget;  /* hard cap on tape bytes; -1 = none */
+    uint64_t seed;        /* seeds the core's counter-based RNG (samplers, dropout) */
+} spad_ctx_params;
+
+typedef struct spad_mem_stats {
+    int64_t tape_bytes;             /* bytes the tape keeps alive now */
+    int64_t peak_tape_bytes;        /* high-water mark of tape_bytes */
+    int64_t exact_tape_bytes;       /* what exact backprop would keep for the same graphs */
+    int64_t peak_exact_tape_bytes;
+    int64_t budget;                 /* -1 = none */
+} spad_mem_stats;
+
+#define SPAD_MAX_DIMS 16
+
+/* ---- errors ---- */
+const char *spad_last_error(void);              /* "" after a successful call */
+const char *spad_status_str(spad_status status);
+
+/* ---- context ---- */
+spad_ctx_params spad_ctx_default_params(void);
+spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out);  /* params may be NULL */
+void spad_ctx_free(spad_ctx_t *ctx);                                         /* NULL is a no-op */
+size_t spad_ctx_mark(const spad_ctx_t *ctx);
+spad_status spad_ctx_rewind(spad_ctx_t *ctx, size_t mark);  /* frees handles made after mark */
+
+/* ---- tensors ---- */
+spad_status spad_tensor_new(spad_ctx_t *ctx, spad_dtype dtype, int32_t ndim, const int64_t *shape,
+                            spad_tensor_t **out);  /* zero-filled */
+spad_status spad_tensor_from_data(spad_ctx_t *ctx, spad_dtype dtype, int32_t ndim, const int64_t *shape,
+                                  const void *data, spad_tensor_t **out);  /* copies the data */
+void *spad_tensor_data(const spad_tensor_t *t);  /* NULL for a NULL handle */
+spad_dtype spad_tensor_dtype(const spad_tensor_t *t);
+int32_t spad_tensor_ndim(const spad_tensor_t *t);
+int64_t spad_tensor_dim(const spad_tensor_t *t, int32_t axis);  /* -1 if out of range */
+int64_t spad_tensor_numel(const spad_tensor_t *t);
+spad_status spad_tensor_item(const spad_tensor_t *t, double *out);  /* one-element tensors */
+spad_status spad_tensor_set_requires_grad(spad_ctx_t *ctx, spad_tensor_t *t, int on);
+/* requires_grad, and the tensor is a parameter: it lives anyway, so saving it costs the
+ * tape nothing in spad_mem_stats. */
+spad_status spad_tensor_set_param(spad_ctx_t *ctx, spad_tensor_t *t);
+int spad_tensor_requires_grad(const spad_tensor_t *t);
+/* *out = a new handle on t's accumulated gradient, or NULL if backward has not reached t. */
+spad_status spad_tensor_grad(spad_ctx_t *ctx, const spad_tensor_t *t, spad_tensor_t **out);
+spad_status spad_tensor_zero_grad(spad_ctx_t *ctx, spad_tensor_t *t);  /* drops the gradient */
+
+/* ---- ops (numpy broadcasting for add/sub/mul; operands share one float dtype) ---- */
+spad_status spad_add(spad_ctx_t *ctx, const spad_tensor_t *a, const spad_tensor_t *b, spad_tensor_t **out);
+spad_status spad_sub(spad_ctx_t *ctx, const spad_tensor_t *a, const spad_tensor_t *b, spad_tensor_t **out);
+spad_status spad_mul(spad_ctx_t *ctx, const spad_tensor_t *a, const spad_tensor_t *b, spad_tensor_t **out);
+spad_status spad_matmul(spad_ctx_t *ctx, const spad_tensor_t *a, const spad_tensor_t *b, spad_tensor_t **out);
+/* x (..., in) @ W (in, out) + b (out,); b may be NULL */
+spad_status spad_linear(spad_ctx_t *ctx, const spad_tensor_t *x, const spad_tensor_t *W, const spad_tensor_t *b,
+                        spad_tensor_t **out);
+spad_status spad_relu(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out);
+spad_status spad_tanh(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out);
+spad_status spad_sum(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out);   /* over all elements */
+spad_status spad_mean(spad_ctx_t *ctx, const spad_tensor_t *x, spad_tensor_t **out);  /* over all elements */
+spad_status spad_mse_loss(spad_ctx_t *ctx, const spad_tensor_t *pred, const spad_tensor_t *target,
+                          spad_tensor_t **out);
+/* logits (B, C) float; labels (B,) SPAD_I64 in [0, C); mean over the batch */
+spad_status spad_cross_entropy(spad_ctx_t *ctx, const spad_tensor_t *logits, const spad_tensor_t *labels,
+                               spad_tensor_t **out);
+
+/* ---- training ---- */
+/* Reverse sweep from a one-element tensor; frees the saved values as it goes, so a second
+ * call on the same graph fails with SPAD_ERR_RUNTIME. */
+spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss);
+/* p -= lr * p.grad for each parameter, in place; parameters without a gradient are skipped.
+ * Checks every parameter before writing any, so a failure leaves all of them untouched. */
+spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr);
+
+/* ---- memory ---- */
+spad_status spad_mem_stats_get(spad_mem_stats *out);
+void spad_mem_stats_reset_peak(void);
+/* A forward pass that would push tape bytes over `bytes` fails with SPAD_ERR_BUDGET and
+ * records nothing; -1 removes the cap. */
+spad_status spad_tape_budget_set(int64_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPAD_H */
