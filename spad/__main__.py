@@ -16,28 +16,44 @@ import numpy as np
 from . import _core
 from . import functional as F
 from . import nn, optim
+from . import sampling as S
 from .data import DataLoader
 from .datasets import digits_split, fashion_mnist, two_moons, train_test_split
 from .train import evaluate, fit
 
 
-def parse_sampling(spec: str):
-    """A policy from a command-line spec: "exact" -> None (exact backprop).
+_SPECS = {
+    "rad": lambda keep: S.RAD(keep=keep),
+    "rad-same": lambda keep: S.RAD(keep=keep, mode="same"),
+    "rad-project": lambda keep: S.RAD(keep=keep, mode="project"),
+    "crs": lambda keep: S.CRS(keep=keep),
+    "spad": lambda keep: S.SPAD(keep=keep),
+    "spad-biased": lambda keep: S.SPAD(keep=keep, unbiased=False),
+}
 
-    Planned forms, mapped once spad.sampling exists: "rad:0.1" -> S.RAD(keep=0.1),
-    "spad:0.1" -> S.SPAD(keep=0.1), "crs:0.1" -> S.CRS(keep=0.1).
-    """
+
+def parse_sampling(spec: str):
+    """A policy from a command-line spec: "exact" -> None (exact backprop); "<name>:<keep>"
+    with name in rad, rad-same, rad-project, crs, spad, spad-biased, e.g. "spad:0.1"."""
     name, _, arg = spec.strip().lower().partition(":")
     if name == "exact" and not arg:
         return None
-    raise ValueError(f"unsupported sampling spec {spec!r}: only 'exact' is available in this build "
-                     "(rad:<keep>, spad:<keep>, crs:<keep> will map to spad.sampling policies)")
+    if name not in _SPECS or not arg:
+        raise ValueError(f"unsupported sampling spec {spec!r}: use 'exact' or '<name>:<keep>' with name in "
+                         f"{', '.join(_SPECS)} (e.g. spad:0.1)")
+    try:
+        keep = float(arg)
+    except ValueError:
+        raise ValueError(f"sampling spec {spec!r}: keep must be a number in (0, 1]") from None
+    return _SPECS[name](keep)
 
 
-# The demo's rows: (name, factory returning a policy or None). RAD and SPAD are one line each
-# once spad.sampling lands, e.g. ("RAD keep 0.1", lambda: S.RAD(keep=0.1)).
+# The demo's rows: (name, factory returning a policy or None).
 DEMO_POLICIES: List[Tuple[str, Callable[[], object]]] = [
     ("exact", lambda: None),
+    ("RAD keep 0.1", lambda: S.RAD(keep=0.1, seed=0)),
+    ("SPAD keep 0.1", lambda: S.SPAD(keep=0.1, seed=0)),
+    ("SPAD-biased 0.1", lambda: S.SPAD(keep=0.1, unbiased=False, seed=0)),
 ]
 
 
@@ -106,7 +122,7 @@ def main(argv=None) -> int:
     t.add_argument("--dataset", default="digits", help="digits | fashion-mnist | moons")
     t.add_argument("--model", default="mlp", help="mlp | linear")
     t.add_argument("--hidden", default="256,256", help="hidden widths of the MLP, comma-separated")
-    t.add_argument("--sampling", default="exact", help="exact (rad:<keep>, spad:<keep> later)")
+    t.add_argument("--sampling", default="exact", help="exact, or <name>:<keep> with name in rad, rad-same, rad-project, crs, spad, spad-biased")
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw | rmsprop | adagrad")

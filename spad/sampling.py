@@ -46,13 +46,13 @@ class Policy:
     _impl: _core.Policy
 
     def __init__(self, kind, estimator, keep=1.0, deterministic=0.0, refresh=1, unbiased=True, mix=0.0,
-                 ema=0.0, everywhere=False, seed=0):
+                 ema=0.0, everywhere=False, seed=0, sampled_scores=True):
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.keep = keep
         self.seed = int(seed)
         self._impl = _core.Policy(kind, estimator, keep, deterministic, int(refresh), bool(unbiased), float(mix),
-                                  float(ema), bool(everywhere), self.seed)
+                                  float(ema), bool(everywhere), self.seed, bool(sampled_scores))
 
     @property
     def step(self) -> int:
@@ -132,9 +132,10 @@ class CRS(Policy):
 class SPAD(Policy):
     """Selective-path AD (Peseux et al., IEEE Access 2023): score paths now, follow them later.
 
-    Every ``refresh`` steps a scoring pass keeps the exact layer inputs and scores each input
-    feature j by sqrt(sum_b x_bj^2 ||dy_b||^2) (the variance-optimal static distribution for
-    per-example feature sampling). The steps in between sample keep*n features per example:
+    Each input feature j of a layer is a path to its weight row; its score is
+    sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static distribution for per-example
+    feature sampling. Every ``refresh`` steps the scores are renewed, and the steps in between
+    sample keep*n features per example:
 
     - unbiased=True: from q = (1-mix)*score/sum(score) + mix/n, weighted by 1/(k q_j); the
       uniform share ``mix`` keeps every path reachable, so stale scores cannot blow up variance
@@ -142,11 +143,16 @@ class SPAD(Policy):
     - unbiased=False: the keep*n top-scored features, not reweighted (SPAD's "backprop dropout",
       a deliberately biased regularizer).
 
-    ``ema`` blends old scores into new ones at each refresh (0 = replace).
+    ``scoring`` says where scores come from. "sampled" (the default for unbiased=True): an
+    unbiased estimate from the sampled backward passes since the last refresh, so the tape never
+    holds more than the sampled payload (the first ``refresh`` steps sample uniformly, like RAD).
+    "exact" (the default, and the only choice, for unbiased=False): the first step of every
+    refresh period keeps the exact layer inputs and scores from that backward pass; those steps
+    hold a full, exact tape. ``ema`` blends old scores into new ones at each refresh (0 = replace).
     """
 
     def __init__(self, keep: float = 0.1, refresh: int = 50, unbiased: bool = True, mix: float = 0.1,
-                 seed: int = 0, ema: float = 0.0, score: str = "activation"):
+                 seed: int = 0, ema: float = 0.0, scoring: Optional[str] = None):
         if int(refresh) < 1 or int(refresh) != refresh:
             raise ValueError(f"refresh must be an integer >= 1, got {refresh}")
         mix = float(mix)
@@ -154,15 +160,21 @@ class SPAD(Policy):
             raise ValueError(f"mix must be in [0, 1], got {mix}")
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
-        if score != "activation":
-            raise ValueError(f'score must be "activation", got {score!r}')
+        if scoring is None:
+            scoring = "sampled" if unbiased else "exact"
+        if scoring not in ("sampled", "exact"):
+            raise ValueError(f'scoring must be "sampled" or "exact", got {scoring!r}')
+        if not unbiased and scoring == "sampled":
+            raise ValueError("SPAD(unbiased=False) follows only the top-scored paths, so it cannot score from its "
+                             'own samples; use scoring="exact"')
         self.refresh, self.unbiased, self.mix, self.ema = int(refresh), bool(unbiased), mix, float(ema)
+        self.scoring = scoring
         est = _core.Estimator.SPAD if unbiased else _core.Estimator.SPAD_TOPK
         super().__init__(_core.PolicyKind.SPAD, est, _check_keep(keep), refresh=refresh, unbiased=unbiased, mix=mix,
-                         ema=ema, seed=seed)
+                         ema=ema, seed=seed, sampled_scores=scoring == "sampled")
 
     def next_is_scoring(self) -> bool:
-        return self.keep < 1.0 and self.step % self.refresh == 0
+        return self.scoring == "exact" and self.keep < 1.0 and self.step % self.refresh == 0
 
     def scores(self) -> List[np.ndarray]:
         """The current per-feature scores of every injection site."""
@@ -170,7 +182,7 @@ class SPAD(Policy):
 
     def _repr_fields(self) -> dict:
         return {"keep": self.keep, "refresh": self.refresh, "unbiased": self.unbiased, "mix": self.mix,
-                "seed": self.seed}
+                "scoring": self.scoring, "seed": self.seed}
 
 
 @contextlib.contextmanager

@@ -135,16 +135,19 @@ def test_tape_bytes_are_the_payload(dtype):
         assert st["exact_tape_bytes"] == Bb * n * it
         y.backward()
         assert spad.memory_stats()["tape_bytes"] == 0
-    # SPAD: the first pass scores (exact), later passes store keep*n values per row; the
-    # distribution q is persistent sampler state (state_bytes), not tape
-    pol = S.SPAD(0.1, refresh=100)
-    for step in range(2):
-        with S.use(pol):
-            y = F.linear(x, W).sum()
-        tape = spad.memory_stats()["tape_bytes"]
-        y.backward()
-        assert tape == (Bb * n * it if step == 0 else Bb * 10 * it)
-    assert pol.state_bytes() == 2 * n * 8
+    # SPAD with exact scoring: the first pass scores (exact), later passes store keep*n values
+    # per row; the distribution q is persistent sampler state (state_bytes), not tape
+    for scoring in ("exact", "sampled"):
+        pol = S.SPAD(0.1, refresh=2, scoring=scoring)
+        for step in range(4):
+            with S.use(pol):
+                y = F.linear(x, W).sum()
+            tape = spad.memory_stats()["tape_bytes"]
+            y.backward()
+            exact_pass = scoring == "exact" and step % 2 == 0
+            assert tape == (Bb * n * it if exact_pass else Bb * 10 * it), (scoring, step, tape)
+        # scores, q and (sampled scoring) the running estimates: n float64 each
+        assert pol.state_bytes() == (2 if scoring == "exact" else 3) * n * 8
 
 
 def test_mlp_tape_ratio():
@@ -189,6 +192,7 @@ def test_backward_twice_sampled_raises(layer):
     lambda: S.RAD(0.1, mode="weird"), lambda: S.SPAD(0.1, refresh=0), lambda: S.SPAD(0.1, refresh=2.5),
     lambda: S.SPAD(0.1, mix=-0.1), lambda: S.SPAD(0.1, mix=1.1), lambda: S.CRS(0.1, deterministic=2),
     lambda: S.CRS(0.1, rows="x"), lambda: S.RAD(0.1, placement="nowhere"), lambda: S.RAD(0.1, seed=-1),
+    lambda: S.SPAD(0.1, scoring="best"), lambda: S.SPAD(0.1, unbiased=False, scoring="sampled"),
 ])
 def test_bad_configs(bad):
     with pytest.raises(ValueError):
@@ -214,9 +218,12 @@ def test_spad_beats_uniform_on_uneven_features():
         return F.mse_loss(F.linear(x, W), y)
 
     rad = S.estimate_variance(loss_fn, [W], S.RAD(0.2, seed=1), draws=400)[0]
-    spd = S.estimate_variance(loss_fn, [W], S.SPAD(0.2, refresh=1000, seed=1), draws=400)[0]
-    assert spd["variance"] < 0.6 * rad["variance"], (spd["variance"], rad["variance"])
-    chi2_ok([spd], [W])
+    for scoring in ("sampled", "exact"):
+        # warm-up: one refresh period, after which q comes from the gathered scores
+        spd = S.estimate_variance(loss_fn, [W], S.SPAD(0.2, refresh=5, seed=1, scoring=scoring), draws=400,
+                                  warmup=5)[0]
+        assert spd["variance"] < 0.6 * rad["variance"], (scoring, spd["variance"], rad["variance"])
+        chi2_ok([spd], [W])
 
 
 def test_spad_biased_is_deterministic_topk(layer):
@@ -238,7 +245,7 @@ def test_spad_biased_is_deterministic_topk(layer):
 
 def test_spad_refresh_schedule(layer):
     X, dY, W, loss_fn = layer
-    pol = S.SPAD(0.2, refresh=3)
+    pol = S.SPAD(0.2, refresh=3, scoring="exact")
     scoring = []
     for _ in range(7):
         scoring.append(pol.next_is_scoring())
@@ -247,6 +254,35 @@ def test_spad_refresh_schedule(layer):
         loss.backward()
     assert scoring == [True, False, False, True, False, False, True]
     assert len(pol.scores()) == 1 and pol.scores()[0].shape == (N,)
+    # sampled scoring: no exact passes; scores appear at the first refresh (step 4)
+    pol = S.SPAD(0.2, refresh=3)
+    seen = []
+    for _ in range(5):
+        assert not pol.next_is_scoring()
+        with S.use(pol):
+            loss = loss_fn()
+        loss.backward()
+        seen.append(pol.scores()[0].size)
+    assert seen == [0, 0, 0, N, N]
+    assert np.all(pol.scores()[0] > 0)
+
+
+def test_spad_sampled_scores_estimate_exact_scores(layer):
+    """The scores gathered from sampled passes estimate the exact-pass scores without bias:
+    averaged over many refresh periods they agree within their sampling error."""
+    X, dY, W, loss_fn = layer
+    exact = np.sqrt((X ** 2 * (dY ** 2).sum(1, keepdims=True)).sum(0))
+    pol = S.SPAD(0.5, refresh=1, mix=1.0, seed=3)  # q uniform, scores re-estimated every step
+    sq = []
+    for _ in range(400):
+        with S.use(pol):
+            loss = loss_fn()
+        loss.backward()
+        if pol.scores()[0].size:
+            sq.append(pol.scores()[0] ** 2)
+    sq = np.array(sq)
+    z = (sq.mean(0) - exact ** 2) / (sq.std(0, ddof=1) / np.sqrt(len(sq)))
+    assert np.all(np.abs(z) < 5), z
 
 
 def test_everywhere_variance_grows_with_depth():

@@ -18,11 +18,14 @@ int64_t Policy::state_bytes() const {
     int64_t b = 0;
     for (const auto &kv : sites) {
         const SiteState &s = *kv.second;
-        b += (int64_t)(s.score.size() + s.dy_norm.size()) * 8 + (s.q ? (int64_t)s.q->storage->nbytes : 0);
+        b += (int64_t)(s.score.size() + s.dy_norm.size() + s.acc.size()) * 8 +
+             (s.q ? (int64_t)s.q->storage->nbytes : 0);
     }
     return b;
 }
-bool Policy::scoring_step() const { return cfg.kind == PolicyKind::SPAD && (step - 1) % cfg.refresh == 0; }
+bool Policy::scoring_step() const {
+    return cfg.kind == PolicyKind::SPAD && !cfg.sampled_scores && (step - 1) % cfg.refresh == 0;
+}
 
 static thread_local std::shared_ptr<Policy> g_active;
 void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
@@ -109,6 +112,8 @@ static Tensor q_of(const SiteState &s) {
     return q;
 }
 
+static void set_scores(SiteState &s, const std::vector<double> &sq);
+
 // ---- forward: pack ---------------------------------------------------------------
 template <class T>
 static Tensor gather_cols(const Tensor &x, const std::vector<int64_t> &idx, const double *scale_per) {
@@ -186,7 +191,14 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
     const int64_t B = x->shape[0], n = x->shape[1];
     std::shared_ptr<SiteState> site = site_for(*pol, W, n);
     Estimator est = c.estimator;
-    if (c.kind == PolicyKind::SPAD && (site->score.empty() || pol->scoring_step())) {
+    if (c.kind == PolicyKind::SPAD && c.sampled_scores && (pol->step - 1) % c.refresh == 0 && site->acc_steps > 0) {
+        // Score now, follow later: the estimates gathered since the last refresh become q.
+        for (double &a : site->acc) a /= (double)site->acc_steps;
+        set_scores(*site, site->acc);
+        site->acc.assign(n, 0.0);
+        site->acc_steps = 0;
+    }
+    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step())) {
         slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
         slot.mode = (uint8_t)Estimator::SCORING;
         slot.ctx = site;
@@ -360,7 +372,19 @@ static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *v
 }
 
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static
-// q for per-example feature sampling (DESIGN.md §1).
+// q for per-example feature sampling (DESIGN.md §1). `sq` holds the sums under the root.
+static void set_scores(SiteState &s, const std::vector<double> &sq) {
+    const bool first = s.score.empty();
+    s.score.resize(s.n, 0.0);
+    for (int64_t j = 0; j < s.n; ++j) {
+        const double v = std::sqrt(sq[j]);
+        s.score[j] = first ? v : s.cfg.ema * s.score[j] + (1.0 - s.cfg.ema) * v;
+    }
+    s.q.reset();
+    s.q = q_of(s);
+}
+
+// Exact scoring pass: the sums from the exact input and output gradient.
 static void rescore(SiteState &s, const Tensor &x_, const Tensor &g_) {
     Tensor x = contiguous(x_), g = contiguous(g_);
     const int64_t B = x->shape[0], n = x->shape[1], m = g->shape[1];
@@ -373,14 +397,25 @@ static void rescore(SiteState &s, const Tensor &x_, const Tensor &g_) {
             for (int64_t j = 0; j < n; ++j) fresh[j] += (double)px[b * n + j] * (double)px[b * n + j] * gn;
         }
     });
-    const bool first = s.score.empty();
-    s.score.resize(n, 0.0);
-    for (int64_t j = 0; j < n; ++j) {
-        const double v = std::sqrt(fresh[j]);
-        s.score[j] = first ? v : s.cfg.ema * s.score[j] + (1.0 - s.cfg.ema) * v;
+    set_scores(s, fresh);
+}
+
+// Sampled scoring: an unbiased estimate of the same sums from the kept entries. Entry
+// (b, j) holds v = x_bj / (k q_j) and was drawn with probability q_j per draw, so
+// v^2 * k q_j * ||dy_b||^2 summed over entries estimates sum_b x_bj^2 ||dy_b||^2.
+template <class T>
+static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B, int64_t k, int64_t m,
+                              const double *q, const FeatureDraw &draw) {
+    if ((int64_t)s.acc.size() != s.n) s.acc.assign(s.n, 0.0);
+    for (int64_t b = 0; b < B; ++b) {
+        double gn = 0;
+        for (int64_t j = 0; j < m; ++j) gn += (double)g[b * m + j] * (double)g[b * m + j];
+        for (int64_t t = 0; t < k; ++t) {
+            const int64_t e = b * k + t, i = draw(e);
+            s.acc[i] += (double)vals[e] * (double)vals[e] * (double)k * q[i] * gn;
+        }
     }
-    s.q.reset();
-    s.q = q_of(s);
+    s.acc_steps++;
 }
 
 template <class T> static void row_norms(const Tensor &g, std::vector<double> &out) {
@@ -421,7 +456,10 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
             case Estimator::SPAD: {
                 std::unique_ptr<Alias> al;
                 if (est == Estimator::SPAD) al.reset(new Alias(slot.aux->data<double>(), nf));
-                scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, FeatureDraw{est, rs, nf, al.get()});
+                const FeatureDraw draw{est, rs, nf, al.get()};
+                scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, draw);
+                if (est == Estimator::SPAD && site.cfg.sampled_scores)
+                    accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), draw);
                 break;
             }
             case Estimator::RAD_SAME:

@@ -16,6 +16,7 @@
 //   SPAD       per-example feature indices drawn from q = (1-mix) score/sum + mix/n, weight 1/(k q)
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
 //   SCORING    an exact save whose backward pass refreshes a site's feature scores
+//              (SPAD with exact scoring; by default SPAD scores from its sampled passes)
 // The placement rule (inject once, next to the parameter; dx stays exact) is the
 // default; placement="everywhere" also samples dy's columns before dx = dy W^T.
 #pragma once
@@ -40,6 +41,7 @@ struct PolicyConfig {
     double mix = 0.1;            // SPAD: defensive mixture weight of the uniform distribution
     double ema = 0.0;            // SPAD: weight of old scores when rescoring (0 = replace)
     bool everywhere = false;     // also sample the dx path (research option)
+    bool sampled_scores = true;  // SPAD: score from the sampled passes (no exact scoring passes)
     uint64_t seed = 0;
 };
 
@@ -50,6 +52,8 @@ struct SiteState {
     std::vector<double> score;     // SPAD: per-feature scores (empty until the first scoring pass)
     Tensor q;                      // SPAD: the current distribution (float64, n), shared by payloads
     std::vector<double> dy_norm;   // CRS: last seen ||dy_b|| per batch position
+    std::vector<double> acc;       // SPAD (sampled scores): importance-weighted sum of x_bj^2 ||dy_b||^2
+    int64_t acc_steps = 0;         //   ... over this many backward passes since the last refresh
     bool rescore = false;          // SPAD: the next backward refreshes the scores
 };
 

@@ -270,15 +270,17 @@ PYBIND11_MODULE(_core, m) {
         .value("SPAD", Estimator::SPAD).value("SPAD_TOPK", Estimator::SPAD_TOPK);
     py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
         .def(py::init([](PolicyKind kind, Estimator est, double keep, double deterministic, int64_t refresh,
-                         bool unbiased, double mix, double ema, bool everywhere, uint64_t seed) {
+                         bool unbiased, double mix, double ema, bool everywhere, uint64_t seed,
+                         bool sampled_scores) {
                  PolicyConfig c;
                  c.kind = kind; c.estimator = est; c.keep = keep; c.deterministic = deterministic;
                  c.refresh = refresh; c.unbiased = unbiased; c.mix = mix; c.ema = ema;
-                 c.everywhere = everywhere; c.seed = seed;
+                 c.everywhere = everywhere; c.seed = seed; c.sampled_scores = sampled_scores;
                  return std::make_shared<Policy>(c);
              }),
              py::arg("kind"), py::arg("estimator"), py::arg("keep"), py::arg("deterministic"), py::arg("refresh"),
-             py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"))
+             py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"),
+             py::arg("sampled_scores") = true)
         .def_readonly("step", &Policy::step)
         .def("scoring_step", &Policy::scoring_step)
         .def("state_bytes", &Policy::state_bytes)
