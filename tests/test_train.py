@@ -156,10 +156,18 @@ def test_sampling_none_is_exact():
 def test_cli_train_and_sampling_specs(tmp_path, capsys):
     from spad.__main__ import main, parse_sampling
 
+    import spad.sampling as S
+
     assert parse_sampling("exact") is None
-    with pytest.raises(ValueError, match="unsupported sampling spec"):
-        parse_sampling("spad:0.1")
+    pol = parse_sampling("spad:0.1")
+    assert isinstance(pol, S.SPAD) and pol.keep == 0.1
+    assert isinstance(parse_sampling("rad-same:0.25"), S.RAD) and parse_sampling("rad-same:0.25").mode == "same"
+    for bad in ("spad", "spad:x", "nope:0.1", "rad:0", "rad:1.5"):
+        with pytest.raises(ValueError):
+            parse_sampling(bad)
     path = tmp_path / "m.npz"
     assert main(["train", "--epochs", "1", "--no-progress", "--threads", "1", "--save", str(path)]) == 0
     assert "test accuracy" in capsys.readouterr().out and path.exists()
     assert main(["train", "--dataset", "nope", "--no-progress"]) == 2
+    assert main(["train", "--epochs", "1", "--no-progress", "--threads", "1", "--sampling", "rad:0.2"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
