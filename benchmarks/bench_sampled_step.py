@@ -8,7 +8,11 @@ noise hits every policy alike; ratios are relative to the exact step of the same
 One BLAS thread. A step = forward under the policy + backward + SGD update.
 """
 import argparse
+import os
 import time
+
+# One BLAS thread, set before numpy loads: idle BLAS worker threads spin and steal a core.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 

@@ -355,20 +355,27 @@ static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *v
             goff[o] = b * m;
             v[o] = vals[e] * (T)scale;
         }
+    // Column blocks outermost: the block of C columns of dy (B rows) is copied into a packed
+    // B x C buffer (dy's rows are m apart, which would alias into few L1 sets) and stays in
+    // L1 while every feature row folds its entries into it.
     constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
-    for (int64_t i = 0; i < n; ++i) {
-        const int32_t s0 = start[i], cnt = start[i + 1] - start[i];
-        T *row = dW + i * m;
-        if (!cnt) {
-            std::fill(row, row + m, T(0));
-            continue;
-        }
-        int64_t j0 = 0;
-        for (; j0 + C <= m; j0 += C) fold_chunk<T, C>(row + j0, g + j0, goff.data() + s0, v.data() + s0, cnt);
-        std::fill(row + j0, row + m, T(0));  // the ragged tail
-        for (int32_t o = s0; o < s0 + cnt && j0 < m; ++o)
-            for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[goff[o] + j];
+    std::vector<T> blk((size_t)B * C);
+    std::vector<int64_t> boff(E);
+    for (int64_t o = 0; o < E; ++o) boff[o] = goff[o] / m * C;
+    int64_t j0 = 0;
+    for (; j0 + C <= m; j0 += C) {
+        for (int64_t b = 0; b < B; ++b) std::memcpy(&blk[b * C], g + b * m + j0, C * sizeof(T));
+        for (int64_t i = 0; i < n; ++i)
+            fold_chunk<T, C>(dW + i * m + j0, blk.data(), boff.data() + start[i], v.data() + start[i],
+                             start[i + 1] - start[i]);
     }
+    if (j0 < m)  // the ragged tail
+        for (int64_t i = 0; i < n; ++i) {
+            T *row = dW + i * m;
+            std::fill(row + j0, row + m, T(0));
+            for (int32_t o = start[i]; o < start[i + 1]; ++o)
+                for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[goff[o] + j];
+        }
 }
 
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static

@@ -2,6 +2,7 @@
 // Backward rules are written with differentiable ops, so create_graph works through them.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../ops.h"
 #include "../sampler.h"
@@ -251,7 +252,19 @@ Tensor mask_mul(const Tensor &g_, const Tensor &bits) {
     SPAD_FLOAT(g->dtype, T, {
         const T *p = g->data<T>();
         T *o = out->data<T>();
-        for (int64_t i = 0, e = g->numel(); i < e; ++i) o[i] = ((pb[i >> 3] >> (i & 7)) & 1) ? p[i] : T(0);
+        const int64_t e = g->numel(), full = e / 8 * 8;
+        // Whole bytes: expand 8 bits to 8 lane masks and AND them in (a vectorizable select
+        // that maps NaN gradients of dead units to 0, as the exact rule does).
+        using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+        for (int64_t i = 0; i < full; i += 8) {
+            const unsigned byte = pb[i >> 3];
+            U lane[8], mask[8];
+            std::memcpy(lane, p + i, sizeof(lane));
+            for (int j = 0; j < 8; ++j) mask[j] = (U)0 - (U)((byte >> j) & 1u);
+            for (int j = 0; j < 8; ++j) lane[j] &= mask[j];
+            std::memcpy(o + i, lane, sizeof(lane));
+        }
+        for (int64_t i = full; i < e; ++i) o[i] = ((pb[i >> 3] >> (i & 7)) & 1) ? p[i] : T(0);
     });
     auto node = make_node(OpKind::MASK_MUL, {&g_});
     if (node) node->saved[0].pack_mask(bits, g);
