@@ -37,10 +37,11 @@ def _shape(shape: ShapeLike) -> tuple:
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Optional[bool] = None) -> Tensor:
     """Make a tensor from a numpy array, a nested list, a number or another tensor.
 
-    float32 and float64 arrays with a compatible layout are shared, not copied
-    (``np.shares_memory(t.numpy(), data)`` holds). Anything else (integer data, another
-    dtype, a read-only or oddly strided array, ``copy=True``) is copied explicitly; with
-    ``copy=False`` such a conversion raises TypeError instead. Non-float data becomes
+    float32 and float64 arrays with a compatible layout (any non-negative strides) are
+    shared, not copied (``np.shares_memory(t.numpy(), data)`` holds). Anything else
+    (integer data, another dtype, a read-only or negatively strided array, ``copy=True``) is
+    copied explicitly; with ``copy=False`` such a conversion raises TypeError instead.
+    numpy float arrays keep their dtype; lists, Python numbers and integer data become
     float32 unless ``dtype`` says otherwise.
     """
     want = _dtype(dtype)
@@ -49,7 +50,9 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
         copy = True if copy is None else copy
     arr = np.asarray(data)
     if want is None:
-        want = arr.dtype if arr.dtype in _FLOATS else np.dtype(np.float32)
+        # numpy float data keeps its dtype; Python numbers and lists become float32 (the default)
+        keep = arr.dtype in _FLOATS and isinstance(data, (np.ndarray, np.generic))
+        want = arr.dtype if keep else np.dtype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
     needs_copy = (

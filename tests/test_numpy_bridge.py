@@ -212,3 +212,19 @@ def test_float_array_operand_of_other_dtype_refused():
     t = spad.tensor(np.ones(3, dtype=np.float32))
     with pytest.raises(TypeError, match=r"dtype mismatch.*float64.*float32"):
         np.ones(3) + t
+
+
+def test_numpy_view_of_saved_tensor_is_read_only():
+    """numpy writes bypass the version counter, so a tensor the tape holds exports read-only."""
+    x = spad.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = (x * x).sum()  # saves x
+    assert not x.numpy().flags.writeable
+    y.backward()  # payload released
+    assert x.numpy().flags.writeable
+
+
+def test_python_lists_default_to_float32():
+    assert spad.tensor([1.5, 2.5]).dtype == np.float32
+    assert spad.tensor(2.0).dtype == np.float32
+    assert spad.tensor(np.array([1.5])).dtype == np.float64  # numpy float64 data keeps its dtype
+    assert spad.tensor([1.5], dtype=np.float64).dtype == np.float64

@@ -463,3 +463,11 @@ def test_params_not_counted(rng):
     assert spad.memory_stats()["exact_tape_bytes"] - base == x0.nbytes
     y.sum().backward()
     assert tape_bytes() == base
+
+
+def test_second_backward_message_names_op_in_lower_case():
+    x = spad.tensor(np.ones(3), requires_grad=True)
+    y = (x * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match=r"^mul: trying to backward through the graph a second time"):
+        y.backward()

@@ -1,6 +1,8 @@
 #include "tape.h"
 
 #include <algorithm>
+#include <cctype>
+#include <string>
 
 #include "ops.h"
 
@@ -24,7 +26,19 @@ const OpRow kOps[] = {
 };
 }  // namespace
 
-const char *op_name(OpKind k) { return kOps[(int)k].name; }
+// User-facing names are lower case ("matmul"), like the functions that record the ops.
+const char *op_name(OpKind k) {
+    static const std::vector<std::string> lower = [] {
+        std::vector<std::string> v;
+        for (const OpRow &r : kOps) {
+            std::string s = r.name;
+            for (char &c : s) c = (char)std::tolower((unsigned char)c);
+            v.push_back(s);
+        }
+        return v;
+    }();
+    return lower[(int)k].c_str();
+}
 const char *op_saves(OpKind k) { return kOps[(int)k].saves; }
 
 // ---- grad mode and recording -----------------------------------------------------------

@@ -75,7 +75,11 @@ inline py::array to_numpy(const Tensor &t) {
     const int64_t es = (int64_t)dtype_size(t->dtype);
     std::vector<py::ssize_t> shape(t->shape.begin(), t->shape.end()), strides;
     for (int64_t s : t->strides) strides.push_back(s * es);
-    return py::array(np_dtype(t->dtype), shape, strides, t->raw(), py::cast(t));
+    py::array a(np_dtype(t->dtype), shape, strides, t->raw(), py::cast(t));
+    // A tensor held by the tape is read-only through numpy: numpy writes would bypass the
+    // version counter and silently change the gradient (see Note [Saved tensor versions]).
+    if (t->storage->tape_refs > 0 || t->storage->exact_refs > 0) a.attr("flags").attr("writeable") = false;
+    return a;
 }
 
 }  // namespace spad
