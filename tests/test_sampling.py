@@ -354,3 +354,47 @@ def test_elementwise_leaf_sampling_simulation():
 
     st = S.estimate_variance(loss_fn, [a], S.RAD(0.5, seed=7), draws=1500)
     chi2_ok(st, [a])
+
+
+CONV_POLICIES = [
+    lambda: S.RAD(0.3, "different", seed=1),
+    lambda: S.RAD(0.3, "same", seed=2),
+    lambda: S.SPAD(0.3, seed=3),
+    lambda: S.CRS(0.5, deterministic=0.5, seed=4),
+    lambda: S.CRS(0.5, rows="bernoulli", seed=5),
+]
+
+
+@pytest.fixture
+def conv_layer():
+    rng = np.random.default_rng(7)
+    x = spad.tensor(rng.standard_normal((6, 2, 7, 7)))
+    w = spad.tensor(rng.standard_normal((3, 2, 3, 3)) * 0.3, requires_grad=True)
+    target = spad.tensor(rng.standard_normal((6, 3, 7, 7)))
+
+    def loss_fn():
+        return F.mse_loss(F.conv2d(x, w, padding=1), target)
+
+    return x, w, loss_fn
+
+
+@pytest.mark.parametrize("make", CONV_POLICIES, ids=["rad-diff", "rad-same", "spad", "crs", "bernoulli"])
+def test_conv_unbiased(conv_layer, make):
+    x, w, loss_fn = conv_layer
+    st = S.estimate_variance(loss_fn, [w], make(), draws=500)
+    chi2_ok(st, [w])
+    assert st[0]["variance"] > 0
+
+
+def test_conv_tape_holds_the_kept_pixels(conv_layer):
+    x, w, loss_fn = conv_layer
+    w._is_param = True
+    with S.use(S.RAD(0.25, seed=9)):
+        y = F.conv2d(x, w, padding=1).sum()
+    st = spad.memory_stats()
+    y.backward()
+    full = 6 * 2 * 7 * 7 * 8
+    assert st["exact_tape_bytes"] == full
+    kept = st["tape_bytes"] / full  # Bernoulli(0.25) over 294 pixels: sd ~ 0.025
+    assert 0.25 - 0.1 < kept < 0.25 + 0.1
+    assert st["tape_bytes"] % (2 * 8) == 0  # whole pixels (all channels) are kept

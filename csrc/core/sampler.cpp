@@ -10,8 +10,11 @@
 #include "gemm.h"
 #include "ops.h"
 #include "rng.h"
+#include "sampler_util.h"
 
 namespace spad {
+
+using namespace sampling_detail;
 
 Policy::Policy(PolicyConfig c) : cfg(c) {}
 int64_t Policy::state_bytes() const {
@@ -31,28 +34,6 @@ static thread_local std::shared_ptr<Policy> g_active;
 void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
 const std::shared_ptr<Policy> &active_policy() { return g_active; }
 void begin_step(Policy &p) { p.step++; }
-
-static int64_t keep_count(double keep, int64_t n) {
-    return std::min<int64_t>(n, std::max<int64_t>(1, (int64_t)std::llround(keep * (double)n)));
-}
-
-// A fresh (seed, counter) range for `draws` random numbers under policy p.
-static RandomStream reserve(Policy &p, uint64_t draws) {
-    RandomStream rs{p.cfg.seed, p.counter, 0};
-    p.counter += draws / 4 + 2;
-    return rs;
-}
-static RandomStream stream_of(const SavedTensor &s, uint32_t stream = 0) { return {s.seed, s.counter, stream}; }
-
-static std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n) {
-    std::shared_ptr<SiteState> &s = p.sites[W->storage.get()];
-    if (!s || s->n != n) {
-        s = std::make_shared<SiteState>();
-        s->cfg = p.cfg;
-        s->n = n;
-    }
-    return s;
-}
 
 // Walker/Vose alias table over a probability vector: O(1) draws, deterministic build,
 // so backward rebuilds exactly the table forward used from the stored q.
@@ -137,12 +118,6 @@ static Tensor gather_rows(const Tensor &x, const std::vector<int64_t> &rows, con
     return v;
 }
 
-static Tensor index_tensor(const std::vector<int64_t> &idx) {
-    Tensor t = empty({(int64_t)idx.size()}, DType::I64);
-    std::copy(idx.begin(), idx.end(), t->data<int64_t>());
-    return t;
-}
-
 // Rademacher sign of R[i, s] (n x k), regenerated from the payload's stream 2.
 static inline double rademacher(const RandomStream &rs, int64_t i, int64_t s, int64_t k) {
     return (rs.bits((uint64_t)(i * k + s)) & 1u) ? 1.0 : -1.0;
@@ -154,30 +129,6 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
     for (int64_t i = 0; i < n; ++i)
         for (int64_t s = 0; s < k; ++s) p[i * k + s] = (T)rademacher(rs, i, s, k);
     return R;
-}
-
-// CRS: top-C rows by score kept with weight 1, the other s-C drawn ∝ score among the rest.
-static void crs_rows(const std::vector<double> &score, int64_t s, int64_t C, const RandomStream &rs,
-                     std::vector<int64_t> &rows, std::vector<double> &w) {
-    const int64_t B = (int64_t)score.size();
-    std::vector<int64_t> order(B);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
-    for (int64_t i = 0; i < C; ++i) rows.push_back(order[i]), w.push_back(1.0);
-    const int64_t sr = s - C;
-    if (sr <= 0) return;
-    std::vector<double> cdf;
-    double tot = 0;
-    for (int64_t i = C; i < B; ++i) tot += score[order[i]];
-    for (int64_t i = C; i < B; ++i) cdf.push_back((cdf.empty() ? 0 : cdf.back()) + (tot > 0 ? score[order[i]] / tot : 1.0 / (double)(B - C)));
-    for (int64_t r = 0; r < sr; ++r) {
-        const double u = rs.uniform((uint64_t)r) * cdf.back();
-        int64_t j = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
-        j = std::min<int64_t>(j, (int64_t)cdf.size() - 1);
-        const double qj = cdf[j] - (j ? cdf[j - 1] : 0.0);
-        rows.push_back(order[C + j]);
-        w.push_back(1.0 / ((double)sr * qj));
-    }
 }
 
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
@@ -567,12 +518,6 @@ Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const cha
             if (rs.uniform((uint64_t)i) < slot.scale) po[i] = pv[o++];
     });
     return out;
-}
-
-void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x, const ConvGeom &) { slot.pack_exact(x); }
-
-Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
-    return conv_weight_grad_rows(slot.get(op_name(n.op)), g, geom, RowSet::range(0, geom.rows()));
 }
 
 }  // namespace spad

@@ -84,10 +84,9 @@ bool pack_leaf_factor(SavedTensor &slot, const Tensor &other);
 Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);
 
 // conv2d: the saved tensor is the input x (N, C, H, W), never its im2col matrix. A
-// policy may instead keep a subset of spatial positions (rows of the im2col matrix, see
-// Note [im2col rows] in conv.h) and compute dW from them with add_weight_grad_from_cols.
-// Exact by default: dW summed over all rows. g: the output gradient (N, C_out, Ho, Wo).
-void pack_conv_input(Node &n, SavedTensor &slot, const Tensor &x, const ConvGeom &geom);
+// policy keeps a sampled subset of x instead: spatial positions (pixels, all channels) for
+// RAD/SPAD, whole examples for CRS (sampler_conv.cpp). g: the output gradient (N, C_out, Ho, Wo).
+void pack_conv_input(Node &n, SavedTensor &slot, const Tensor &x, const Tensor &w, const ConvGeom &geom);
 Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom);
 
 }  // namespace spad

@@ -240,7 +240,7 @@ Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int6
     std::shared_ptr<Node> node = b ? make_node(OpKind::CONV2D, {&x, &w, &b}) : make_node(OpKind::CONV2D, {&x, &w});
     if (node) {
         node->at.ints = {g.sh, g.sw, g.ph, g.pw};
-        if (node->needs(1)) pack_conv_input(*node, node->saved[0], x, g);
+        if (node->needs(1)) pack_conv_input(*node, node->saved[0], x, w, g);
         if (node->needs(0)) node->saved[1].pack_exact(w);
     }
     attach(out, node);

@@ -1,0 +1,141 @@
+// Sampled payloads for conv2d weight gradients (Note [im2col rows] in conv.h).
+//
+// dW is linear in the input x, so any unbiased estimate x_hat of x (E[x_hat] = x) gives an
+// unbiased dW. The tape keeps only the sampled part of x:
+//   - RAD / SPAD (features -> spatial positions): each input pixel (n, h, w), with all its
+//     channels, is kept with probability p and scaled by 1/p ("same" mode: one pixel mask
+//     shared by the batch, as RAD suggests for convolutions). Indices come back from the
+//     RNG. dW is then computed from the densified x_hat: memory is p x, FLOPs are not.
+//   - CRS (batch rows -> examples): s = p*N examples by ||x_n||*||dy_n|| (stale dy), top-C
+//     kept exactly and the rest importance-weighted; dW from those examples only, p x FLOPs.
+#include "conv.h"
+#include "ops.h"
+#include "sampler_util.h"
+
+namespace spad {
+
+using namespace sampling_detail;
+
+void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &w, const ConvGeom &geom) {
+    Policy *pol = active_policy().get();
+    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
+        slot.pack_exact(x_);
+        return;
+    }
+    const PolicyConfig &c = pol->cfg;
+    Tensor x = contiguous(x_);
+    const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W;
+    const Estimator est = c.estimator;
+    Tensor values, aux;
+    RandomStream rs;
+    std::shared_ptr<SiteState> site;
+    if (est == Estimator::CRS || est == Estimator::BERNOULLI) {
+        site = site_for(*pol, w, C * P);
+        std::vector<int64_t> rows;
+        std::vector<double> wt;
+        if (est == Estimator::BERNOULLI) {
+            rs = reserve(*pol, (uint64_t)N);
+            for (int64_t n = 0; n < N; ++n)
+                if (rs.uniform((uint64_t)n) < c.keep) rows.push_back(n), wt.push_back(1.0 / c.keep);
+        } else {
+            const int64_t s = keep_count(c.keep, N);
+            rs = reserve(*pol, (uint64_t)s);
+            std::vector<double> score(N);
+            const bool stale = (int64_t)site->dy_norm.size() == N;
+            SPAD_FLOAT(x->dtype, T, {
+                const T *px = x->data<T>();
+                for (int64_t n = 0; n < N; ++n) {
+                    double nx = 0;
+                    for (int64_t j = 0; j < C * P; ++j) nx += (double)px[n * C * P + j] * (double)px[n * C * P + j];
+                    score[n] = std::sqrt(nx) * (stale ? site->dy_norm[n] : 1.0);
+                }
+            });
+            crs_rows(score, s, (int64_t)std::floor(c.deterministic * (double)s), rs, rows, wt);
+        }
+        values = empty({(int64_t)rows.size(), C, geom.H, geom.W}, x->dtype);
+        SPAD_FLOAT(x->dtype, T, {
+            for (size_t r = 0; r < rows.size(); ++r) {
+                const T *src = x->data<T>() + rows[r] * C * P;
+                T *dst = values->data<T>() + (int64_t)r * C * P;
+                for (int64_t j = 0; j < C * P; ++j) dst[j] = src[j] * (T)wt[r];
+            }
+        });
+        aux = index_tensor(rows);
+        slot.pack_sampled(values, aux, x_);
+        slot.k = (int64_t)rows.size();
+    } else {
+        const bool same = est == Estimator::RAD_SAME;
+        const int64_t sites = same ? P : N * P;
+        rs = reserve(*pol, (uint64_t)sites);
+        std::vector<int64_t> kept;  // (n, hw) pairs, in order
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t hw = 0; hw < P; ++hw)
+                if (rs.uniform((uint64_t)(same ? hw : n * P + hw)) < c.keep) kept.push_back(n * P + hw);
+        values = empty({(int64_t)kept.size(), C}, x->dtype);
+        SPAD_FLOAT(x->dtype, T, {
+            const T *px = x->data<T>();
+            T *pv = values->data<T>();
+            const T inv = (T)(1.0 / c.keep);
+            for (size_t o = 0; o < kept.size(); ++o) {
+                const int64_t n = kept[o] / P, hw = kept[o] % P;
+                for (int64_t ch = 0; ch < C; ++ch) pv[(int64_t)o * C + ch] = px[(n * C + ch) * P + hw] * inv;
+            }
+        });
+        slot.pack_sampled(values, nullptr, x_);
+        slot.k = sites;
+    }
+    slot.seed = rs.seed;
+    slot.counter = rs.counter;
+    slot.scale = c.keep;
+    slot.mode = (uint8_t)est;
+    slot.ctx = site;
+}
+
+Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
+    const char *op = op_name(n.op);
+    if (slot.kind != SaveKind::SAMPLED) return conv_weight_grad_rows(slot.get(op), g, geom, RowSet::range(0, geom.rows()));
+    SPAD_CHECK(!slot.released, RuntimeError, op, ": trying to backward through the graph a second time; "
+               "specify retain_graph=True if you need to backward through the graph a second time.");
+    const Estimator est = (Estimator)slot.mode;
+    const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W, Q = geom.O * geom.Ho * geom.Wo;
+    const Tensor &vals = slot.value;
+    if (est == Estimator::CRS || est == Estimator::BERNOULLI) {
+        const int64_t s = slot.k;
+        const int64_t *rows = slot.aux->data<int64_t>();
+        Tensor gs = empty({s, geom.O, geom.Ho, geom.Wo}, g->dtype);
+        SPAD_FLOAT(g->dtype, T, {
+            for (int64_t r = 0; r < s; ++r)
+                std::copy(g->data<T>() + rows[r] * Q, g->data<T>() + (rows[r] + 1) * Q, gs->data<T>() + r * Q);
+            if (est == Estimator::CRS) {  // stale ||dy_n|| for the next step's scores
+                SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
+                site.dy_norm.assign(N, 0.0);
+                for (int64_t i = 0; i < N; ++i) {
+                    double a = 0;
+                    for (int64_t j = 0; j < Q; ++j) a += (double)g->data<T>()[i * Q + j] * (double)g->data<T>()[i * Q + j];
+                    site.dy_norm[i] = std::sqrt(a);
+                }
+            }
+        });
+        ConvGeom sub = geom;
+        sub.N = s;
+        return conv_weight_grad_rows(vals, gs, sub, RowSet::range(0, sub.rows()));
+    }
+    // Pixel sampling: regenerate the mask, densify x_hat, exact dW on it.
+    const bool same = est == Estimator::RAD_SAME;
+    const RandomStream rs = stream_of(slot);
+    Tensor xh = zeros({N, C, geom.H, geom.W}, vals->dtype);
+    SPAD_FLOAT(vals->dtype, T, {
+        const T *pv = vals->data<T>();
+        T *px = xh->data<T>();
+        int64_t o = 0;
+        for (int64_t nn = 0; nn < N; ++nn)
+            for (int64_t hw = 0; hw < P; ++hw)
+                if (rs.uniform((uint64_t)(same ? hw : nn * P + hw)) < slot.scale) {
+                    for (int64_t ch = 0; ch < C; ++ch) px[(nn * C + ch) * P + hw] = pv[o * C + ch];
+                    ++o;
+                }
+    });
+    return conv_weight_grad_rows(xh, g, geom, RowSet::range(0, geom.rows()));
+}
+
+}  // namespace spad

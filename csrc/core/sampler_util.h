@@ -1,0 +1,67 @@
+// sampler_util.h — small pieces shared by the linear (sampler.cpp) and conv
+// (sampler_conv.cpp) sampled payloads. Internal to the core.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "rng.h"
+#include "sampler.h"
+
+namespace spad {
+namespace sampling_detail {
+
+inline int64_t keep_count(double keep, int64_t n) {
+    return std::min<int64_t>(n, std::max<int64_t>(1, (int64_t)std::llround(keep * (double)n)));
+}
+
+// A fresh (seed, counter) range for `draws` random numbers under policy p.
+inline RandomStream reserve(Policy &p, uint64_t draws) {
+    RandomStream rs{p.cfg.seed, p.counter, 0};
+    p.counter += draws / 4 + 2;
+    return rs;
+}
+inline RandomStream stream_of(const SavedTensor &s, uint32_t stream = 0) { return {s.seed, s.counter, stream}; }
+
+inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n) {
+    std::shared_ptr<SiteState> &s = p.sites[W->storage.get()];
+    if (!s || s->n != n) {
+        s = std::make_shared<SiteState>();
+        s->cfg = p.cfg;
+        s->n = n;
+    }
+    return s;
+}
+
+inline Tensor index_tensor(const std::vector<int64_t> &idx) {
+    Tensor t = empty({(int64_t)idx.size()}, DType::I64);
+    std::copy(idx.begin(), idx.end(), t->data<int64_t>());
+    return t;
+}
+
+// CRS: top-C rows by score kept with weight 1, the other s-C drawn ∝ score among the rest.
+inline void crs_rows(const std::vector<double> &score, int64_t s, int64_t C, const RandomStream &rs,
+                     std::vector<int64_t> &rows, std::vector<double> &w) {
+    const int64_t B = (int64_t)score.size();
+    std::vector<int64_t> order(B);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+    for (int64_t i = 0; i < C; ++i) rows.push_back(order[i]), w.push_back(1.0);
+    const int64_t sr = s - C;
+    if (sr <= 0) return;
+    std::vector<double> cdf;
+    double tot = 0;
+    for (int64_t i = C; i < B; ++i) tot += score[order[i]];
+    for (int64_t i = C; i < B; ++i) cdf.push_back((cdf.empty() ? 0 : cdf.back()) + (tot > 0 ? score[order[i]] / tot : 1.0 / (double)(B - C)));
+    for (int64_t r = 0; r < sr; ++r) {
+        const double u = rs.uniform((uint64_t)r) * cdf.back();
+        int64_t j = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
+        j = std::min<int64_t>(j, (int64_t)cdf.size() - 1);
+        const double qj = cdf[j] - (j ? cdf[j - 1] : 0.0);
+        rows.push_back(order[C + j]);
+        w.push_back(1.0 / ((double)sr * qj));
+    }
+}
+
+}  // namespace sampling_detail
+}  // namespace spad
