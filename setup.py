@@ -40,6 +40,8 @@ ext = Pybind11Extension(
     libraries=libraries,
     runtime_library_dirs=rpaths,
     extra_compile_args=extra,
+    # setuptools rebuilds only when a listed file is newer than the module: list the headers.
+    depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.def", recursive=True)),
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})

@@ -4,9 +4,14 @@
 // ValueError / TypeError / RuntimeError, and the C API turns them into status codes
 // so no exception ever crosses the C boundary.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <iterator>
 #include <sstream>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,14 +42,124 @@ inline const char *dtype_name(DType d) {
     return "?";
 }
 
-using Shape = std::vector<int64_t>;
+// Shape: a vector of dimensions with room for 6 inline. Every tensor and node carries a
+// few shapes; with std::vector each was a heap allocation, which dominated the cost of
+// small ops (a batch-1 MLP step). Same interface as the std::vector subset we use.
+class Shape {
+  public:
+    using value_type = int64_t;
+    using iterator = int64_t *;
+    using const_iterator = const int64_t *;
+    static constexpr uint32_t kInline = 6;
+
+    Shape() = default;
+    Shape(size_t n, int64_t v = 0) { assign(n, v); }
+    Shape(std::initializer_list<int64_t> l) { append(l.begin(), l.end()); }
+    template <class It, class = typename std::enable_if<!std::is_integral<It>::value>::type>
+    Shape(It b, It e) { append(b, e); }
+    Shape(const std::vector<int64_t> &v) { append(v.begin(), v.end()); }
+    Shape(const Shape &o) { append(o.begin(), o.end()); }
+    Shape(Shape &&o) noexcept { take(o); }
+    Shape &operator=(const Shape &o) {
+        if (this != &o) {
+            size_ = 0;
+            append(o.begin(), o.end());
+        }
+        return *this;
+    }
+    Shape &operator=(Shape &&o) noexcept {
+        if (this != &o) {
+            free_heap();
+            take(o);
+        }
+        return *this;
+    }
+    ~Shape() { free_heap(); }
+
+    size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+    int64_t *data() { return heap_ ? heap_ : inline_; }
+    const int64_t *data() const { return heap_ ? heap_ : inline_; }
+    iterator begin() { return data(); }
+    iterator end() { return data() + size_; }
+    const_iterator begin() const { return data(); }
+    const_iterator end() const { return data() + size_; }
+    int64_t &operator[](size_t i) { return data()[i]; }
+    const int64_t &operator[](size_t i) const { return data()[i]; }
+    int64_t &back() { return data()[size_ - 1]; }
+    const int64_t &back() const { return data()[size_ - 1]; }
+    void clear() { size_ = 0; }
+    void push_back(int64_t v) {
+        reserve(size_ + 1);
+        data()[size_++] = v;
+    }
+    void pop_back() { --size_; }
+    void resize(size_t n, int64_t v = 0) {
+        reserve(n);
+        for (size_t i = size_; i < n; ++i) data()[i] = v;
+        size_ = (uint32_t)n;
+    }
+    void assign(size_t n, int64_t v) {
+        size_ = 0;
+        resize(n, v);
+    }
+    iterator erase(iterator pos) {
+        std::memmove(pos, pos + 1, (size_t)(end() - pos - 1) * sizeof(int64_t));
+        --size_;
+        return pos;
+    }
+    iterator insert(iterator pos, int64_t v) {
+        const size_t i = (size_t)(pos - begin());
+        push_back(0);
+        std::memmove(begin() + i + 1, begin() + i, (size_ - i - 1) * sizeof(int64_t));
+        data()[i] = v;
+        return begin() + i;
+    }
+    void reserve(size_t n) {
+        if (n <= cap_) return;
+        size_t cap = std::max<size_t>(n, 2 * (size_t)cap_);
+        int64_t *p = new int64_t[cap];
+        std::memcpy(p, data(), size_ * sizeof(int64_t));
+        free_heap();
+        heap_ = p;
+        cap_ = (uint32_t)cap;
+    }
+    std::vector<int64_t> vec() const { return std::vector<int64_t>(begin(), end()); }
+    friend bool operator==(const Shape &a, const Shape &b) {
+        return a.size_ == b.size_ && std::equal(a.begin(), a.end(), b.begin());
+    }
+    friend bool operator!=(const Shape &a, const Shape &b) { return !(a == b); }
+
+  private:
+    template <class It> void append(It b, It e) {
+        reserve(size_ + (size_t)std::distance(b, e));
+        for (; b != e; ++b) data()[size_++] = (int64_t)*b;
+    }
+    void free_heap() {
+        delete[] heap_;
+        heap_ = nullptr;
+        cap_ = kInline;
+    }
+    void take(Shape &o) {
+        size_ = o.size_;
+        cap_ = o.cap_;
+        heap_ = o.heap_;
+        if (!heap_) std::memcpy(inline_, o.inline_, size_ * sizeof(int64_t));
+        o.heap_ = nullptr;
+        o.size_ = 0;
+        o.cap_ = kInline;
+    }
+    int64_t inline_[kInline];
+    int64_t *heap_ = nullptr;
+    uint32_t size_ = 0, cap_ = kInline;
+};
 
 inline int64_t numel_of(const Shape &s) {
     int64_t n = 1;
     for (int64_t d : s) n *= d;
     return n;
 }
-inline std::string shape_str(const Shape &s) {
+template <class V> inline std::string shape_str_impl(const V &s) {
     std::string r = "(";
     for (size_t i = 0; i < s.size(); ++i) {
         r += std::to_string(s[i]);
@@ -52,6 +167,8 @@ inline std::string shape_str(const Shape &s) {
     }
     return r + ")";
 }
+inline std::string shape_str(const Shape &s) { return shape_str_impl(s); }
+inline std::string shape_str(const std::vector<int64_t> &s) { return shape_str_impl(s); }
 
 // Error kinds map 1:1 onto Python exception types at the binding layer.
 struct ValueError : std::runtime_error { using std::runtime_error::runtime_error; };

@@ -58,28 +58,34 @@ static Edge edge_of(const Tensor &t) {
     return e;
 }
 
+static const Tensor &deref(const Tensor *t);
+static const Tensor &deref(const Tensor &t);
+
 template <class It> static std::shared_ptr<Node> make_node_impl(OpKind op, It begin, It end) {
     if (!g_grad_enabled) return nullptr;
     bool any = false;
-    for (It it = begin; it != end; ++it) any = any || (*it)->requires_grad;
+    for (It it = begin; it != end; ++it) any = any || deref(*it)->requires_grad;
     if (!any) return nullptr;
     auto n = std::make_shared<Node>();
     n->op = op;
     n->seq = ++g_seq;
+    const size_t count = (size_t)(end - begin);
+    n->next.reserve(count);
+    n->in_shape.reserve(count);
     for (It it = begin; it != end; ++it) {
-        n->next.push_back(edge_of(*it));
-        n->in_shape.push_back((*it)->shape);
+        n->next.push_back(edge_of(deref(*it)));
+        n->in_shape.push_back(deref(*it)->shape);
     }
-    n->dtype = (*begin)->dtype;
+    n->dtype = deref(*begin)->dtype;
     return n;
 }
 
+// Iterates pointers to tensors or tensors alike (no temporary vector of shared_ptrs).
+static const Tensor &deref(const Tensor *t) { return *t; }
+static const Tensor &deref(const Tensor &t) { return t; }
+
 std::shared_ptr<Node> make_node(OpKind op, std::initializer_list<const Tensor *> inputs) {
-    if (!g_grad_enabled) return nullptr;
-    std::vector<Tensor> v;
-    v.reserve(inputs.size());
-    for (const Tensor *t : inputs) v.push_back(*t);
-    return make_node_impl(op, v.begin(), v.end());
+    return make_node_impl(op, inputs.begin(), inputs.end());
 }
 
 std::shared_ptr<Node> make_node(OpKind op, const std::vector<Tensor> &inputs) {

@@ -28,6 +28,11 @@ static void tune_allocator() {
 std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
     tune_allocator();
     auto s = std::make_shared<Storage>();
+    if (nbytes <= Storage::kSmall) {
+        s->data = s->small;
+        s->nbytes = nbytes;
+        return s;
+    }
     // 64-byte alignment keeps SIMD loads and BLAS happy; aligned_alloc needs a multiple.
     size_t padded = (nbytes + 63) / 64 * 64;
     if (padded == 0) padded = 64;

@@ -33,6 +33,10 @@ struct Storage {
     // Persistent state (parameters, optimizer and sampler state) lives across steps anyway:
     // saving it costs the tape nothing, so it is not counted in tape bytes.
     bool is_param = false;
+    // Small tensors (a batch-1 activation, a bias) live inside the Storage object itself:
+    // one allocation instead of two. See alloc_storage().
+    static constexpr size_t kSmall = 256;
+    alignas(16) unsigned char small[kSmall];
 
     Storage() = default;
     Storage(const Storage &) = delete;

@@ -42,8 +42,9 @@ std::vector<int64_t> axes_arg(const py::object &axis) {
 }
 
 Shape shape_args(const py::args &args) {
-    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return args[0].cast<Shape>();
-    return args.cast<Shape>();
+    using V = std::vector<int64_t>;
+    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return Shape(args[0].cast<V>());
+    return Shape(args.cast<V>());
 }
 
 py::tuple shape_tuple(const Shape &s) {
@@ -182,7 +183,7 @@ PYBIND11_MODULE(_core, m) {
                      for (int64_t i = 0; i < x->ndim(); ++i) p[i] = x->ndim() - 1 - i;
                      return ops::permute(x, p);
                  }
-                 return ops::permute(x, shape_args(a));
+                 return ops::permute(x, shape_args(a).vec());
              })
         .def_property_readonly("T", [](const Tensor &x) {
             std::vector<int64_t> p(x->ndim());
@@ -200,8 +201,10 @@ PYBIND11_MODULE(_core, m) {
 
     // ---- creation and interop ----
     m.def("from_numpy", &from_numpy, py::arg("array"), "Borrow a float32/float64 array (no copy).");
-    m.def("zeros", [](const Shape &s, const py::dtype &d) { return zeros(s, dtype_of(d)); });
-    m.def("full", [](const Shape &s, double v, const py::dtype &d) { return full(s, v, dtype_of(d)); });
+    m.def("zeros", [](const std::vector<int64_t> &s, const py::dtype &d) { return zeros(Shape(s), dtype_of(d)); });
+    m.def("full", [](const std::vector<int64_t> &s, double v, const py::dtype &d) {
+        return full(Shape(s), v, dtype_of(d));
+    });
 
     // ---- functional ops ----
     m.def("relu", &ops::relu);
@@ -216,9 +219,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("mse_loss", &ops::mse_loss);
     m.def("matmul", &ops::matmul);
     m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor());
-    m.def("take", &ops::take);
+    m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
+        return ops::take(x, idx, Shape(s));
+    });
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
-    m.def("expand", &ops::expand);
+    m.def("expand", [](const Tensor &x, const std::vector<int64_t> &s) { return ops::expand(x, Shape(s)); });
     m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
           py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
@@ -226,7 +231,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("dropout", &ops::dropout, py::arg("x"), py::arg("p"), py::arg("training"));
     // The row-subset building block of a sampled conv dW (conv.h), exposed for its tests.
     m.def("_conv_weight_grad_rows",
-          [](const Tensor &x, const Tensor &g, const Shape &wshape, std::array<int64_t, 2> stride,
+          [](const Tensor &x, const Tensor &g, const std::vector<int64_t> &wshape, std::array<int64_t, 2> stride,
              std::array<int64_t, 2> padding, const std::vector<int64_t> &rows, const std::vector<double> &weights) {
               SPAD_CHECK(weights.empty() || weights.size() == rows.size(), ValueError, "conv2d weight grad: ",
                          weights.size(), " weights for ", rows.size(), " rows");
