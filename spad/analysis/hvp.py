@@ -4,7 +4,9 @@
     >>> hv_fd = hvp(lambda: F.cross_entropy(model(x), y), model.parameters(), vs, method="fd")
 
 ``method="exact"`` differentiates the recorded backward pass (``backward(create_graph=True)``),
-so every op in the loss must have a twice-differentiable backward rule (conv2d's is not).
+so every op in the loss must have a twice-differentiable backward rule (conv2d's is not), and
+it refuses to run under a sampling policy (a sampled tape holds detached activation samples,
+so the recorded backward would miss terms and be biased).
 ``method="fd"`` takes central differences of two ordinary gradients,
 ``(g(θ + h v) − g(θ − h v)) / 2h``: it needs first derivatives only, so it works with any op
 and inside a sampling policy (then each gradient is a sampled estimate and the result is an
@@ -108,7 +110,17 @@ def _default_h(params, vs) -> float:
     return float(np.cbrt(eps) * (1.0 + theta) / max(vnorm, 1e-300))
 
 
+def _refuse_sampled_tape(who: str) -> None:
+    # A sampled payload is a stored sample of an activation, cut from the graph: the recorded
+    # backward pass then misses every second-derivative term that flows through it, and the
+    # result is biased (measured: mean over 2000 RAD draws off by ~500 standard errors).
+    if _core.active_policy() is not None:
+        raise ValueError(f'{who}: method="exact" differentiates the backward pass, which a sampling policy '
+                         'records with detached samples; use method="fd" under a policy')
+
+
 def _hvp_exact(loss_fn, params, vs) -> List[np.ndarray]:
+    _refuse_sampled_tape("hvp")
     with _SavedGrads(params):
         loss = _scalar(loss_fn(), "hvp")
         if not loss.requires_grad:

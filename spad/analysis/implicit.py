@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _core
 from .._core import Tensor
-from .hvp import _params, _SavedGrads, _scalar, flatten, grad, hvp, unflatten
+from .hvp import _params, _refuse_sampled_tape, _SavedGrads, _scalar, flatten, grad, hvp, unflatten
 
 __all__ = ["gd_modified_loss", "sgd_modified_loss", "gd_modified_grad", "sgd_modified_grad",
            "ExplicitRegularizer", "gradient_flow"]
@@ -115,8 +115,9 @@ class ExplicitRegularizer:
     The backpropagated gradient is ``g + lam/2 · H g``. ``method="exact"`` records the
     backward pass of Ĉ_k (``create_graph=True``) and lets the training step differentiate
     through it (every op needs a twice-differentiable backward rule). ``method="fd"``
-    computes H g by central differences of two extra gradients (two more forward/backward
-    passes through ``closure``), so it works with any op and under a sampling policy; its
+    computes H g by central differences of two extra gradients (three more forward and two
+    more backward passes through ``closure``), so it works with any op and under a sampling policy
+    ("exact" refuses one: see ``hvp``); its
     gradient enters the step as a fixed vector (the penalty's value is still reported).
 
     The returned loss (and so ``History.loss``) includes the penalty; ``last_penalty``
@@ -144,6 +145,7 @@ class ExplicitRegularizer:
         return self._add_fd(loss, closure, params)
 
     def _add_exact(self, loss, params):
+        _refuse_sampled_tape("ExplicitRegularizer")
         with _SavedGrads(params):
             loss.backward(create_graph=True)  # keeps loss's graph for the caller's backward
             gs = [p.grad for p in params]
@@ -162,15 +164,17 @@ class ExplicitRegularizer:
 
     def _add_fd(self, loss, closure, params):
         with _SavedGrads(params):
-            loss.backward(retain_graph=True)  # g from the step's own forward: no extra pass
+            loss.backward()  # g from the step's own forward: no extra pass
             g = [np.zeros(p.shape, p.dtype) if p.grad is None else p.grad.numpy().copy() for p in params]
         self.last_penalty = self.lam / 4.0 * _sq_norm(g)
         if self.last_penalty == 0.0:
-            return loss
+            return _scalar(closure(), "ExplicitRegularizer")
         hg = hvp(closure, params, g, method="fd", h=self.h)
+        # The perturbed evaluations wrote the parameters (restored bit for bit, but their
+        # storage version moved on), so the step's tape is stale: record the loss afresh.
+        out = _scalar(closure(), "ExplicitRegularizer")
         # (p − p₀)·c has value 0 and gradient c: it injects c = lam/2 · H g into p.grad
         # without changing the loss value by float rounding.
-        out = loss
         for p, v in zip(params, hg):
             c = np.ascontiguousarray(self.lam / 2.0 * v, dtype=p.dtype)
             p0 = _core.from_numpy(p.numpy().copy())
