@@ -36,7 +36,7 @@ def mean_sq_grad(model, X, y, batch_size):
     total, m = 0.0, 0
     for i in range(0, len(X) - batch_size + 1, batch_size):
         xb, yb = spad.tensor(X[i:i + batch_size]), y[i:i + batch_size]
-        _, g = spad.analysis.grad(lambda: F.cross_entropy(model(xb), yb), model.parameters())
+        _, g = spad.analysis.grad(lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb), model.parameters())
         total += sum(float(np.sum(a.astype(np.float64) ** 2)) for a in g)
         m += 1
     return total / m

@@ -254,7 +254,7 @@ def test_gradient_flow_quadratic_closed_form(modified, rng):
 
 
 def test_gradient_flow_sgd_modified(rng):
-    X, y, w, full, batches = least_squares(rng, n=12, batches=3)
+    X, y, w, _, batches = least_squares(rng, n=12, batches=3)
     lr, t = 0.3, 1.0
     w0 = w.numpy().copy()
     Amat, b = 0.0, 0.0  # ∇ = Σ_k (H_k/m + lr/(2m) H_k²)(w) - (same)·w*_k, a linear field A w - b
@@ -271,7 +271,7 @@ def test_gradient_flow_sgd_modified(rng):
 
 
 def test_implicit_bad_input(rng):
-    X, y, w, full, batches = least_squares(rng)
+    _, _, w, full, batches = least_squares(rng)
     for lr in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="lr"):
             I.gd_modified_loss(full, [w], lr)

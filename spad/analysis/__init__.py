@@ -11,7 +11,7 @@
     >>> import spad.analysis as A
     >>> hv = A.hvp(lambda: F.cross_entropy(model(x), y), model.parameters(), vs, method="exact")
 """
-from .hvp import grad, hvp, flatten, unflatten
 from . import implicit, spectrum
+from .hvp import flatten, grad, hvp, unflatten
 
-__all__ = ["grad", "hvp", "flatten", "unflatten", "implicit", "spectrum"]
+__all__ = ["flatten", "grad", "hvp", "implicit", "spectrum", "unflatten"]

@@ -17,14 +17,15 @@ caller had, so they can be called in the middle of a training step.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from .. import _core
 from .._core import Tensor
 
-__all__ = ["grad", "hvp", "flatten", "unflatten"]
+__all__ = ["flatten", "grad", "hvp", "unflatten"]
 
 
 def _params(params: Sequence) -> List[Tensor]:

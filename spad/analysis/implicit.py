@@ -17,7 +17,8 @@ learning rate is small: ``ExplicitRegularizer`` does that inside ``spad.train.fi
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,8 +26,14 @@ from .. import _core
 from .._core import Tensor
 from .hvp import _params, _refuse_sampled_tape, _SavedGrads, _scalar, flatten, grad, hvp, unflatten
 
-__all__ = ["gd_modified_loss", "sgd_modified_loss", "gd_modified_grad", "sgd_modified_grad",
-           "ExplicitRegularizer", "gradient_flow"]
+__all__ = [
+    "ExplicitRegularizer",
+    "gd_modified_grad",
+    "gd_modified_loss",
+    "gradient_flow",
+    "sgd_modified_grad",
+    "sgd_modified_loss",
+]
 
 
 def _check_lr(lr, who: str, name: str = "lr") -> float:
@@ -192,7 +199,7 @@ def _flow_field(loss_fn, params, modified, lr, batch_loss_fns, method):
         if loss_fn is None:
             # C = mean of the batch losses; GD on C follows C + lr/4 ‖∇C‖².
             fns = batch_loss_fns
-            loss_fn = lambda: _mean_loss(fns)  # noqa: E731
+            loss_fn = lambda: _mean_loss(fns)
         return lambda: gd_modified_grad(loss_fn, params, lr, method)
     if modified == "sgd":
         lr = _check_lr(lr, "gradient_flow")

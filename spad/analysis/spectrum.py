@@ -21,9 +21,21 @@ import numpy as np
 
 from .._core import Tensor
 
-__all__ = ["eigenvalues", "mp_edges", "marchenko_pastur_pdf", "marchenko_pastur_cdf", "mp_ks_distance",
-           "mp_outliers", "wigner_surmise_pdf", "wigner_surmise_cdf", "unfolded_spacings", "spacing_ratios",
-           "wigner_ks_distance", "SpectrumTracker", "teacher_student_spectra"]
+__all__ = [
+    "SpectrumTracker",
+    "eigenvalues",
+    "marchenko_pastur_cdf",
+    "marchenko_pastur_pdf",
+    "mp_edges",
+    "mp_ks_distance",
+    "mp_outliers",
+    "spacing_ratios",
+    "teacher_student_spectra",
+    "unfolded_spacings",
+    "wigner_ks_distance",
+    "wigner_surmise_cdf",
+    "wigner_surmise_pdf",
+]
 
 # Mean of r = min(s_i, s_{i+1}) / max(...) for GOE (Atas et al., PRL 2013) and Poisson levels.
 GOE_MEAN_RATIO = 4 - 2 * np.sqrt(3)  # 0.5359 (surmise); large-matrix value 0.5307
@@ -213,7 +225,7 @@ class SpectrumTracker:
         self.outliers: Dict[str, List[int]] = OrderedDict()
 
     @staticmethod
-    def weights(model) -> "OrderedDict[str, np.ndarray]":
+    def weights(model) -> OrderedDict[str, np.ndarray]:
         from ..nn import Linear
 
         out = OrderedDict()
@@ -256,8 +268,8 @@ def teacher_student_spectra(n: int = 2000, d: int = 100, hidden: int = 50, teach
     their KS distances to MP (σ² fitted), outlier counts, mean spacing ratios and KS
     distances of the unfolded spacings to the Wigner surmise, the tracker and the History.
     """
-    from .. import nn, optim
     from .. import functional as F
+    from .. import nn, optim
     from ..data import DataLoader
     from ..datasets import teacher_student
     from ..train import fit
