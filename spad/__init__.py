@@ -28,6 +28,7 @@ from .tensor import (
 )
 from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
+from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 
 __version__ = "0.1.0"
 
@@ -58,4 +59,5 @@ __all__ = [
     "data",
     "datasets",
     "train",
+    "analysis",
 ]
