@@ -398,3 +398,12 @@ def test_conv_tape_holds_the_kept_pixels(conv_layer):
     kept = st["tape_bytes"] / full  # Bernoulli(0.25) over 294 pixels: sd ~ 0.025
     assert 0.25 - 0.1 < kept < 0.25 + 0.1
     assert st["tape_bytes"] % (2 * 8) == 0  # whole pixels (all channels) are kept
+
+
+def test_create_graph_through_sampled_payload_raises(layer):
+    """Second derivatives through sampled payloads would be biased: refused, not silently wrong."""
+    X, dY, W, loss_fn = layer
+    with S.use(S.RAD(0.2)):
+        loss = loss_fn()
+    with pytest.raises(RuntimeError, match="create_graph"):
+        loss.backward(create_graph=True)

@@ -395,8 +395,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
             rescore(*std::static_pointer_cast<SiteState>(slot.ctx), x, g2d);
         return ops::matmul(ops::transpose(x, 0, 1), g2d);
     }
-    SPAD_CHECK(!slot.released, RuntimeError, op, ": trying to backward through the graph a second time; "
-               "specify retain_graph=True if you need to backward through the graph a second time.");
+    check_first_order(slot, op);
     SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
     const Estimator est = (Estimator)slot.mode;
     Tensor g = contiguous(g2d);
@@ -461,6 +460,7 @@ Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tens
     if (!everywhere) return ops::matmul(g2d, ops::transpose(W, 0, 1));
     // Research option: sample dy's columns per example (uniform, with replacement), so the
     // noise compounds through every layer below (RAD §3.3's exploding variance).
+    check_first_order(slot, "linear");
     const SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
     Tensor g = contiguous(g2d);
     const int64_t B = g->shape[0], m = g->shape[1], km = keep_count(site.cfg.keep, m);
@@ -506,8 +506,7 @@ bool pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
 }
 
 Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op) {
-    SPAD_CHECK(!slot.released, RuntimeError, op, ": trying to backward through the graph a second time; "
-               "specify retain_graph=True if you need to backward through the graph a second time.");
+    check_first_order(slot, op);
     const Tensor &vals = slot.value;
     Tensor out = zeros(shape, vals->dtype);
     const RandomStream rs = stream_of(slot);

@@ -94,8 +94,7 @@ void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &
 Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
     const char *op = op_name(n.op);
     if (slot.kind != SaveKind::SAMPLED) return conv_weight_grad_rows(slot.get(op), g, geom, RowSet::range(0, geom.rows()));
-    SPAD_CHECK(!slot.released, RuntimeError, op, ": trying to backward through the graph a second time; "
-               "specify retain_graph=True if you need to backward through the graph a second time.");
+    check_first_order(slot, op);
     const Estimator est = (Estimator)slot.mode;
     const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W, Q = geom.O * geom.Ho * geom.Wo;
     const Tensor &vals = slot.value;

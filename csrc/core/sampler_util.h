@@ -7,6 +7,7 @@
 
 #include "rng.h"
 #include "sampler.h"
+#include "tape.h"
 
 namespace spad {
 namespace sampling_detail {
@@ -31,6 +32,16 @@ inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n
         s->n = n;
     }
     return s;
+}
+
+// A sampled payload holds values cut from the graph, so a recorded (create_graph) backward
+// through it would silently miss second-order terms: refuse instead.
+inline void check_first_order(const SavedTensor &slot, const char *op) {
+    SPAD_CHECK(!slot.released, RuntimeError, op, ": trying to backward through the graph a second time; "
+               "specify retain_graph=True if you need to backward through the graph a second time.");
+    SPAD_CHECK(!grad_enabled(), RuntimeError, op, ": backward(create_graph=True) through a sampled payload is not "
+               "supported (its second derivatives would be biased); record the forward pass without a sampling "
+               "policy, or use finite-difference Hessian-vector products");
 }
 
 inline Tensor index_tensor(const std::vector<int64_t> &idx) {
