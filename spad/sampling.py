@@ -130,29 +130,36 @@ class CRS(Policy):
 
 
 class SPAD(Policy):
-    """Selective-path AD (Peseux et al., IEEE Access 2023): score paths now, follow them later.
+    """Selective-path AD (Peseux et al., IEEE Access 2023): follow the paths that matter.
 
-    Each input feature j of a layer is a path to its weight row; its score is
-    sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static distribution for per-example
-    feature sampling. Every ``refresh`` steps the scores are renewed, and the steps in between
-    sample keep*n features per example:
+    A path from a weight row j to the loss runs through the layer input x_bj; its share of
+    dW is x_bj * dy_b. Two ways to choose which paths to follow (``paths``):
 
-    - unbiased=True: from q = (1-mix)*score/sum(score) + mix/n, weighted by 1/(k q_j); the
-      uniform share ``mix`` keeps every path reachable, so stale scores cannot blow up variance
-      (with mix=0 a feature that scored exactly 0 is never followed: unbiased only while it stays 0);
-    - unbiased=False: the keep*n top-scored features, not reweighted (SPAD's "backprop dropout",
-      a deliberately biased regularizer).
+    - "magnitude" (default): per example, draw features with probability q_bj ∝ |x_bj|. This is
+      the variance-optimal per-example distribution, and it is known in the forward pass, so no
+      stale scores are needed. Each kept entry equals sign(x_bj) * ||x_b||_1 / k, so the tape
+      stores a 2-byte signed index per entry and one scale per row: ``keep`` (a fraction of the
+      exact tape's bytes, as for every policy) buys about twice the entries uniform RAD keeps.
+      Unbiased; the variance is sum_b (||x_b||_1^2 - ||x_b||_2^2) ||dy_b||^2 / k.
+    - "scored": "score now, follow later". Each feature j is scored by
+      sqrt(sum_b x_bj^2 ||dy_b||^2) and the scores are renewed every ``refresh`` steps; the
+      steps in between draw keep*n features per example from q = (1-mix)*score/sum + mix/n,
+      weighted by 1/(k q_j). The uniform share ``mix`` keeps every path reachable, so stale
+      scores cannot blow up variance (with mix=0 a feature that scored exactly 0 is never
+      followed: unbiased only while it stays 0). ``scoring`` says where scores come from:
+      "sampled" (default) estimates them without bias from the sampled passes since the last
+      refresh, so the tape never holds more than the sampled payload (the first ``refresh``
+      steps sample uniformly, like RAD); "exact" keeps the exact layer inputs on the first step
+      of every refresh period and scores from that backward pass (those steps hold a full tape).
+      ``ema`` blends old scores into new ones at each refresh (0 = replace).
 
-    ``scoring`` says where scores come from. "sampled" (the default for unbiased=True): an
-    unbiased estimate from the sampled backward passes since the last refresh, so the tape never
-    holds more than the sampled payload (the first ``refresh`` steps sample uniformly, like RAD).
-    "exact" (the default, and the only choice, for unbiased=False): the first step of every
-    refresh period keeps the exact layer inputs and scores from that backward pass; those steps
-    hold a full, exact tape. ``ema`` blends old scores into new ones at each refresh (0 = replace).
+    unbiased=False follows the keep*n top-scored features, not reweighted (SPAD's "backprop
+    dropout", a deliberately biased regularizer); it implies paths="scored", scoring="exact".
+    Convolutions sample spatial positions (see sampler_conv.cpp) whatever ``paths`` says.
     """
 
     def __init__(self, keep: float = 0.1, refresh: int = 50, unbiased: bool = True, mix: float = 0.1,
-                 seed: int = 0, ema: float = 0.0, scoring: Optional[str] = None):
+                 seed: int = 0, ema: float = 0.0, scoring: Optional[str] = None, paths: Optional[str] = None):
         if int(refresh) < 1 or int(refresh) != refresh:
             raise ValueError(f"refresh must be an integer >= 1, got {refresh}")
         mix = float(mix)
@@ -160,6 +167,12 @@ class SPAD(Policy):
             raise ValueError(f"mix must be in [0, 1], got {mix}")
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
+        if paths is None:
+            paths = "magnitude" if unbiased else "scored"
+        if paths not in ("magnitude", "scored"):
+            raise ValueError(f'paths must be "magnitude" or "scored", got {paths!r}')
+        if not unbiased and paths != "scored":
+            raise ValueError('SPAD(unbiased=False) follows the top-scored paths: use paths="scored"')
         if scoring is None:
             scoring = "sampled" if unbiased else "exact"
         if scoring not in ("sampled", "exact"):
@@ -168,21 +181,28 @@ class SPAD(Policy):
             raise ValueError("SPAD(unbiased=False) follows only the top-scored paths, so it cannot score from its "
                              'own samples; use scoring="exact"')
         self.refresh, self.unbiased, self.mix, self.ema = int(refresh), bool(unbiased), mix, float(ema)
-        self.scoring = scoring
-        est = _core.Estimator.SPAD if unbiased else _core.Estimator.SPAD_TOPK
+        self.scoring, self.paths = scoring, paths
+        if not unbiased:
+            est = _core.Estimator.SPAD_TOPK
+        else:
+            est = _core.Estimator.SPAD_MAG if paths == "magnitude" else _core.Estimator.SPAD
+        sampled = scoring == "sampled" or paths == "magnitude"
         super().__init__(_core.PolicyKind.SPAD, est, _check_keep(keep), refresh=refresh, unbiased=unbiased, mix=mix,
-                         ema=ema, seed=seed, sampled_scores=scoring == "sampled")
+                         ema=ema, seed=seed, sampled_scores=sampled)
 
     def next_is_scoring(self) -> bool:
-        return self.scoring == "exact" and self.keep < 1.0 and self.step % self.refresh == 0
+        return (self.paths == "scored" and self.scoring == "exact" and self.keep < 1.0
+                and self.step % self.refresh == 0)
 
     def scores(self) -> List[np.ndarray]:
         """The current per-feature scores of every injection site."""
         return list(self._impl.site_scores())
 
     def _repr_fields(self) -> dict:
-        return {"keep": self.keep, "refresh": self.refresh, "unbiased": self.unbiased, "mix": self.mix,
-                "scoring": self.scoring, "seed": self.seed}
+        if self.paths == "magnitude":
+            return {"keep": self.keep, "paths": self.paths, "seed": self.seed}
+        return {"keep": self.keep, "paths": self.paths, "refresh": self.refresh, "unbiased": self.unbiased,
+                "mix": self.mix, "scoring": self.scoring, "seed": self.seed}
 
 
 @contextlib.contextmanager

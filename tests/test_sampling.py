@@ -45,10 +45,12 @@ UNBIASED = [
     lambda: S.CRS(0.25, deterministic=0.5, seed=4),
     lambda: S.CRS(0.25, rows="bernoulli", seed=5),
     lambda: S.SPAD(0.2, refresh=7, seed=6),
+    lambda: S.SPAD(0.2, refresh=7, seed=7, paths="scored"),
 ]
 
 
-@pytest.mark.parametrize("make", UNBIASED, ids=["rad-diff", "rad-same", "project", "crs", "bernoulli", "spad"])
+@pytest.mark.parametrize("make", UNBIASED,
+                         ids=["rad-diff", "rad-same", "project", "crs", "bernoulli", "spad", "spad-scored"])
 def test_linear_unbiased(layer, make):
     X, dY, W, loss_fn = layer
     st = S.estimate_variance(loss_fn, [W], make(), draws=600)
@@ -66,6 +68,10 @@ def _formula(name, X, dY, keep):
         return (X.shape[1] - 1) / k * per.sum()
     if name == "bernoulli":
         return (1 - keep) / keep * per.sum()
+    if name == "magnitude":
+        k = (round(keep * X.shape[1]) * 8 - 8) // 2  # float64: 2-byte entries for the same bytes
+        l1 = np.abs(X).sum(1)
+        return ((l1 ** 2 - (X ** 2).sum(1)) * (dY ** 2).sum(1)).sum() / k
     if name == "crs":
         s = round(keep * X.shape[0])
         return ((np.sqrt(per).sum()) ** 2 - (dW ** 2).sum()) / s
@@ -83,6 +89,17 @@ def test_variance_matches_formula(layer, name, policy, warm):
     st = S.estimate_variance(loss_fn, [W], policy(), draws=1500, warmup=warm)[0]
     want = _formula(name, X, dY, 0.2 if name in ("same", "different") else 0.25)
     assert abs(st["variance"] / want - 1) < 0.10, (name, st["variance"], want)
+
+
+def test_magnitude_paths_variance_below_iid_bound(layer):
+    """SPAD's magnitude paths are stratified draws ∝ |x_bj|: the variance is at most the
+    i.i.d. value sum_b (||x_b||_1^2 - ||x_b||_2^2) ||dy_b||^2 / k, and well below RAD's."""
+    X, dY, W, loss_fn = layer
+    st = S.estimate_variance(loss_fn, [W], S.SPAD(0.2, seed=15), draws=1500)[0]
+    bound = _formula("magnitude", X, dY, 0.2)
+    # the estimate's own relative standard error is about sqrt(2/draws) < 4 %
+    assert 0 < st["variance"] < 1.1 * bound, (st["variance"], bound)
+    assert st["variance"] < 0.5 * _formula("different", X, dY, 0.2)
 
 
 def test_keep_one_is_exact(layer):
@@ -138,7 +155,7 @@ def test_tape_bytes_are_the_payload(dtype):
     # SPAD with exact scoring: the first pass scores (exact), later passes store keep*n values
     # per row; the distribution q is persistent sampler state (state_bytes), not tape
     for scoring in ("exact", "sampled"):
-        pol = S.SPAD(0.1, refresh=2, scoring=scoring)
+        pol = S.SPAD(0.1, refresh=2, scoring=scoring, paths="scored")
         for step in range(4):
             with S.use(pol):
                 y = F.linear(x, W).sum()
@@ -148,6 +165,15 @@ def test_tape_bytes_are_the_payload(dtype):
             assert tape == (Bb * n * it if exact_pass else Bb * 10 * it), (scoring, step, tape)
         # scores, q and (sampled scoring) the running estimates: n float64 each
         assert pol.state_bytes() == (2 if scoring == "exact" else 3) * n * 8
+    # SPAD magnitude paths: a 2-byte signed index per entry + one scale per row, for the bytes
+    # of keep*n values: k = (10 * itemsize - itemsize) / 2 entries per row
+    pol = S.SPAD(0.1)
+    with S.use(pol):
+        y = F.linear(x, W).sum()
+    k = (10 * it - it) // 2
+    assert spad.memory_stats()["tape_bytes"] == Bb * k * 2 + Bb * it <= Bb * 10 * it
+    y.backward()
+    assert pol.state_bytes() == 0
 
 
 def test_mlp_tape_ratio():
@@ -193,6 +219,7 @@ def test_backward_twice_sampled_raises(layer):
     lambda: S.SPAD(0.1, mix=-0.1), lambda: S.SPAD(0.1, mix=1.1), lambda: S.CRS(0.1, deterministic=2),
     lambda: S.CRS(0.1, rows="x"), lambda: S.RAD(0.1, placement="nowhere"), lambda: S.RAD(0.1, seed=-1),
     lambda: S.SPAD(0.1, scoring="best"), lambda: S.SPAD(0.1, unbiased=False, scoring="sampled"),
+    lambda: S.SPAD(0.1, paths="all"), lambda: S.SPAD(0.1, unbiased=False, paths="magnitude"),
 ])
 def test_bad_configs(bad):
     with pytest.raises(ValueError):
@@ -220,10 +247,13 @@ def test_spad_beats_uniform_on_uneven_features():
     rad = S.estimate_variance(loss_fn, [W], S.RAD(0.2, seed=1), draws=400)[0]
     for scoring in ("sampled", "exact"):
         # warm-up: one refresh period, after which q comes from the gathered scores
-        spd = S.estimate_variance(loss_fn, [W], S.SPAD(0.2, refresh=5, seed=1, scoring=scoring), draws=400,
-                                  warmup=5)[0]
+        pol = S.SPAD(0.2, refresh=5, seed=1, scoring=scoring, paths="scored")
+        spd = S.estimate_variance(loss_fn, [W], pol, draws=400, warmup=5)[0]
         assert spd["variance"] < 0.6 * rad["variance"], (scoring, spd["variance"], rad["variance"])
         chi2_ok([spd], [W])
+    mag = S.estimate_variance(loss_fn, [W], S.SPAD(0.2, seed=1), draws=400)[0]
+    assert mag["variance"] < 0.3 * rad["variance"], (mag["variance"], rad["variance"])
+    chi2_ok([mag], [W])
 
 
 def test_spad_biased_is_deterministic_topk(layer):
@@ -245,7 +275,7 @@ def test_spad_biased_is_deterministic_topk(layer):
 
 def test_spad_refresh_schedule(layer):
     X, dY, W, loss_fn = layer
-    pol = S.SPAD(0.2, refresh=3, scoring="exact")
+    pol = S.SPAD(0.2, refresh=3, scoring="exact", paths="scored")
     scoring = []
     for _ in range(7):
         scoring.append(pol.next_is_scoring())
@@ -255,7 +285,7 @@ def test_spad_refresh_schedule(layer):
     assert scoring == [True, False, False, True, False, False, True]
     assert len(pol.scores()) == 1 and pol.scores()[0].shape == (N,)
     # sampled scoring: no exact passes; scores appear at the first refresh (step 4)
-    pol = S.SPAD(0.2, refresh=3)
+    pol = S.SPAD(0.2, refresh=3, paths="scored")
     seen = []
     for _ in range(5):
         assert not pol.next_is_scoring()
@@ -272,7 +302,7 @@ def test_spad_sampled_scores_estimate_exact_scores(layer):
     averaged over many refresh periods they agree within their sampling error."""
     X, dY, W, loss_fn = layer
     exact = np.sqrt((X ** 2 * (dY ** 2).sum(1, keepdims=True)).sum(0))
-    pol = S.SPAD(0.5, refresh=1, mix=1.0, seed=3)  # q uniform, scores re-estimated every step
+    pol = S.SPAD(0.5, refresh=1, mix=1.0, seed=3, paths="scored")  # q uniform, scores re-estimated every step
     sq = []
     for _ in range(400):
         with S.use(pol):

@@ -202,6 +202,56 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                 scale = 1.0 / (double)k;
                 break;
             }
+            case Estimator::SPAD_MAG: {
+                // Equal tape bytes: keep*n values of this dtype per row buy this many 2-byte
+                // (4-byte when n > 32767) signed indices, less one scale per row.
+                const int64_t isz = (int64_t)dtype_size(x->dtype), eb = n > 32767 ? 4 : 2;
+                k = std::max<int64_t>(1, ((int64_t)std::llround(c.keep * (double)n) * isz - isz) / eb);
+                rs = reserve(*pol, (uint64_t)(B * k));
+                values = empty({B * k * eb}, DType::U8);
+                aux = empty({B}, x->dtype);
+                T *scale_b = aux->data<T>();
+                uint8_t *codes = values->data<uint8_t>();
+                auto put = [&](int64_t e, int64_t code) {
+                    if (eb == 2) {
+                        const int16_t c16 = (int16_t)code;
+                        std::memcpy(codes + 2 * e, &c16, 2);
+                    } else {
+                        const int32_t c32 = (int32_t)code;
+                        std::memcpy(codes + 4 * e, &c32, 4);
+                    }
+                };
+                for (int64_t b = 0; b < B; ++b) {
+                    const T *xb = px + b * n;
+                    double l1 = 0;
+                    for (int64_t j = 0; j < n; ++j) l1 += std::fabs((double)xb[j]);
+                    scale_b[b] = (T)(l1 / (double)k);
+                    if (!(l1 > 0)) {  // all-zero row: every entry is worth 0
+                        for (int64_t t = 0; t < k; ++t) put(b * k + t, 0);
+                        continue;
+                    }
+                    // Stratified draws: the t-th falls uniformly in the t-th k-quantile of the
+                    // |x_b| mass. Each draw is still marginally ∝ |x_bj|, so the estimate stays
+                    // unbiased, its variance is at most the i.i.d. one, and the draws come out
+                    // sorted, so one sweep over the features places them all.
+                    const double step = l1 / (double)k;
+                    int64_t t = 0;
+                    double mass = 0, u = rs.uniform((uint64_t)(b * k)) * step;
+                    for (int64_t j = 0; j < n && t < k; ++j) {
+                        mass += std::fabs((double)xb[j]);
+                        while (t < k && u < mass) {
+                            put(b * k + t, xb[j] < 0 ? -(j + 1) : (j + 1));
+                            ++t;
+                            u = ((double)t + rs.uniform((uint64_t)(b * k + t))) * step;
+                        }
+                    }
+                    for (int64_t j = n - 1; t < k; ++t) {  // rounding left draws past the end
+                        while (j > 0 && xb[j] == 0) --j;
+                        put(b * k + t, xb[j] < 0 ? -(j + 1) : (j + 1));
+                    }
+                }
+                break;
+            }
             case Estimator::SPAD_TOPK: {
                 std::vector<int64_t> order(n);
                 std::iota(order.begin(), order.end(), 0);
@@ -265,17 +315,31 @@ static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int3
     constexpr int L = 32 / (int)sizeof(T);  // lanes of a 256-bit vector
     constexpr int NV = C / L;
     typedef T vec __attribute__((vector_size(32)));
-    vec acc[NV] = {};  // each row chunk is written exactly once: no need to pre-zero dW
-    for (int32_t o = 0; o < cnt; ++o) {
-        const T *gb = g + goff[o];
-        const T vo = v[o];
+    // Two accumulator sets (even and odd entries): twice the independent FMA chains, so the
+    // loop is bound by loads rather than by FMA latency.
+    vec a0[NV] = {}, a1[NV] = {};
+    int32_t o = 0;
+    for (; o + 2 <= cnt; o += 2) {
+        const T *g0 = g + goff[o], *g1 = g + goff[o + 1];
+        const T v0 = v[o], v1 = v[o + 1];
         for (int u = 0; u < NV; ++u) {
-            vec x;
-            std::memcpy(&x, gb + u * L, sizeof(vec));
-            acc[u] += vo * x;
+            vec x0, x1;
+            std::memcpy(&x0, g0 + u * L, sizeof(vec));
+            std::memcpy(&x1, g1 + u * L, sizeof(vec));
+            a0[u] += v0 * x0;
+            a1[u] += v1 * x1;
         }
     }
-    std::memcpy(row, acc, sizeof(acc));
+    if (o < cnt) {
+        const T *g0 = g + goff[o];
+        for (int u = 0; u < NV; ++u) {
+            vec x0;
+            std::memcpy(&x0, g0 + u * L, sizeof(vec));
+            a0[u] += v[o] * x0;
+        }
+    }
+    for (int u = 0; u < NV; ++u) a0[u] += a1[u];
+    std::memcpy(row, a0, sizeof(a0));  // each row chunk is written exactly once: no pre-zeroing
 }
 #else
 template <class T, int C>
@@ -296,36 +360,50 @@ static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *v
         start[feat[e] + 1]++;
     }
     for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-    // Entries in feature order: the offset of their dy row and their scaled value.
-    std::vector<int32_t> pos(start.begin(), start.end() - 1);
-    std::vector<int64_t> goff(E);
-    std::vector<T> v(E);
-    for (int64_t b = 0, e = 0; b < B; ++b)
-        for (int64_t s = 0; s < k; ++s, ++e) {
-            const int32_t o = pos[feat[e]]++;
-            goff[o] = b * m;
-            v[o] = vals[e] * (T)scale;
+    std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
+    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
+    // Entries in feature order (then example order, the sort is stable): the row of dy they
+    // read and their scaled value. Repeated draws of one (feature, example) — frequent when
+    // sampling is proportional to magnitude — are merged into one multiply-add.
+    std::vector<int64_t> boff;
+    std::vector<T> v;
+    boff.reserve(E);
+    v.reserve(E);
+    constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
+    std::vector<int32_t> cstart(n + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+        cstart[i] = (int32_t)v.size();
+        int64_t last_b = -1;
+        for (int32_t o = start[i]; o < start[i + 1]; ++o) {
+            const int64_t e = order[o], b = e / k;
+            const T val = vals[e] * (T)scale;
+            if (b == last_b) {
+                v.back() += val;
+            } else {
+                boff.push_back(b * C);
+                v.push_back(val);
+                last_b = b;
+            }
         }
+    }
+    cstart[n] = (int32_t)v.size();
     // Column blocks outermost: the block of C columns of dy (B rows) is copied into a packed
     // B x C buffer (dy's rows are m apart, which would alias into few L1 sets) and stays in
     // L1 while every feature row folds its entries into it.
-    constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
     std::vector<T> blk((size_t)B * C);
-    std::vector<int64_t> boff(E);
-    for (int64_t o = 0; o < E; ++o) boff[o] = goff[o] / m * C;
     int64_t j0 = 0;
     for (; j0 + C <= m; j0 += C) {
         for (int64_t b = 0; b < B; ++b) std::memcpy(&blk[b * C], g + b * m + j0, C * sizeof(T));
         for (int64_t i = 0; i < n; ++i)
-            fold_chunk<T, C>(dW + i * m + j0, blk.data(), boff.data() + start[i], v.data() + start[i],
-                             start[i + 1] - start[i]);
+            fold_chunk<T, C>(dW + i * m + j0, blk.data(), boff.data() + cstart[i], v.data() + cstart[i],
+                             cstart[i + 1] - cstart[i]);
     }
     if (j0 < m)  // the ragged tail
         for (int64_t i = 0; i < n; ++i) {
             T *row = dW + i * m;
             std::fill(row + j0, row + m, T(0));
-            for (int32_t o = start[i]; o < start[i + 1]; ++o)
-                for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[goff[o] + j];
+            for (int32_t o = cstart[i]; o < cstart[i + 1]; ++o)
+                for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[boff[o] / C * m + j];
         }
 }
 
@@ -401,9 +479,9 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     Tensor g = contiguous(g2d);
     const Tensor &vals = slot.value;
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
-    // RAD_DIFF / SPAD write every row of dW themselves; the others accumulate into zeros.
-    Tensor dW = (est == Estimator::RAD_DIFF || est == Estimator::SPAD) ? empty(wshape, g->dtype)
-                                                                        : zeros(wshape, g->dtype);
+    // The per-example estimators write every row of dW themselves; the others accumulate into zeros.
+    const bool writes_all = est == Estimator::RAD_DIFF || est == Estimator::SPAD || est == Estimator::SPAD_MAG;
+    Tensor dW = writes_all ? empty(wshape, g->dtype) : zeros(wshape, g->dtype);
     const RandomStream rs = stream_of(slot);
     SPAD_FLOAT(g->dtype, T, {
         const T *pg = g->data<T>(), *pv = vals->data<T>();
@@ -417,6 +495,29 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                 scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, draw);
                 if (est == Estimator::SPAD && site.cfg.sampled_scores)
                     accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), draw);
+                break;
+            }
+            case Estimator::SPAD_MAG: {
+                const bool wide = vals->numel() == 4 * B * k;
+                const uint8_t *codes = vals->data<uint8_t>();
+                const T *scale_b = slot.aux->data<T>();
+                std::vector<T> v(B * k);
+                std::vector<int32_t> feat(B * k);
+                for (int64_t e = 0; e < B * k; ++e) {
+                    int64_t code;
+                    if (wide) {
+                        int32_t c32;
+                        std::memcpy(&c32, codes + 4 * e, 4);
+                        code = c32;
+                    } else {
+                        int16_t c16;
+                        std::memcpy(&c16, codes + 2 * e, 2);
+                        code = c16;
+                    }
+                    feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
+                    v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
+                }
+                scatter_features(pw, nf, m, pg, v.data(), B, k, 1.0, [&](int64_t e) { return feat[e]; });
                 break;
             }
             case Estimator::RAD_SAME:

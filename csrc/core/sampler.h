@@ -14,6 +14,11 @@
 //   CRS        batch rows: top-C by ||x_b||*||dy_b|| (stale dy) + rest drawn ∝ score, weight 1/(s q_b)
 //   BERNOULLI  batch rows kept independently with probability p, weight 1/p
 //   SPAD       per-example feature indices drawn from q = (1-mix) score/sum + mix/n, weight 1/(k q)
+//   SPAD_MAG   per-example feature paths drawn ∝ |x_bj| (the variance-optimal per-example
+//              distribution, known in forward; stratified over the k quantiles of the |x_b|
+//              mass): each kept entry is sign(x_bj) * ||x_b||_1 / k,
+//              so the tape holds a 2-byte signed index per entry + one scale per row, and
+//              `keep` buys twice the entries RAD gets for the same bytes
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
 //   SCORING    an exact save whose backward pass refreshes a site's feature scores
 //              (SPAD with exact scoring; by default SPAD scores from its sampled passes)
@@ -29,7 +34,9 @@
 namespace spad {
 
 enum class PolicyKind : uint8_t { EXACT, RAD, CRS, SPAD };
-enum class Estimator : uint8_t { EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT };
+enum class Estimator : uint8_t {
+    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG
+};
 
 struct PolicyConfig {
     PolicyKind kind = PolicyKind::EXACT;

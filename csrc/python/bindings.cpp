@@ -272,7 +272,8 @@ PYBIND11_MODULE(_core, m) {
         .value("EXACT", Estimator::EXACT).value("RAD_DIFF", Estimator::RAD_DIFF)
         .value("RAD_SAME", Estimator::RAD_SAME).value("PROJECT", Estimator::PROJECT)
         .value("CRS", Estimator::CRS).value("BERNOULLI", Estimator::BERNOULLI)
-        .value("SPAD", Estimator::SPAD).value("SPAD_TOPK", Estimator::SPAD_TOPK);
+        .value("SPAD", Estimator::SPAD).value("SPAD_TOPK", Estimator::SPAD_TOPK)
+        .value("SPAD_MAG", Estimator::SPAD_MAG);
     py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
         .def(py::init([](PolicyKind kind, Estimator est, double keep, double deterministic, int64_t refresh,
                          bool unbiased, double mix, double ema, bool everywhere, uint64_t seed,
