@@ -133,7 +133,7 @@ PYBIND11_MODULE(_core, m) {
             [](TensorImpl &t, bool on) { t.storage->is_param = on; })
         .def_property_readonly("_version", [](const TensorImpl &t) { return t.storage->version; })
         .def("numpy", [](const Tensor &t) { return to_numpy(t); }, "A numpy view of the data (no copy).")
-        .def("item", [](const Tensor &t) { return item(t); })
+        .def("item", [](const Tensor &t) { return item(t); }, "The value of a one-element tensor as a float.")
         .def("detach", [](const Tensor &t) { return view(t, t->shape, t->strides, t->offset); },
              "A tensor sharing the data, cut from the graph.")
         .def("contiguous", [](const Tensor &t) { return contiguous(t); })
@@ -143,7 +143,10 @@ PYBIND11_MODULE(_core, m) {
                  py::gil_scoped_release nogil;
                  backward(t, g, retain_graph || create_graph, create_graph);
              },
-             py::arg("grad") = py::none(), py::arg("retain_graph") = false, py::arg("create_graph") = false)
+             py::arg("grad") = py::none(), py::arg("retain_graph") = false, py::arg("create_graph") = false,
+             "Accumulate d(self)/d(leaf) into every leaf's .grad. grad defaults to 1 for a scalar; the tape's\n"
+             "saved payloads are freed unless retain_graph; create_graph records the backward pass too.\n"
+             "Exact unless the forward pass ran under a sampling policy (spad.sampling.use).")
         .def("__add__", [](const Tensor &a, py::handle b) { return ops::add(a, operand(b, a)); }, py::is_operator())
         .def("__radd__", [](const Tensor &a, py::handle b) { return ops::add(operand(b, a), a); }, py::is_operator())
         .def("__sub__", [](const Tensor &a, py::handle b) { return ops::sub(a, operand(b, a)); }, py::is_operator())
@@ -169,13 +172,14 @@ PYBIND11_MODULE(_core, m) {
              py::is_operator())
         .def("sum", [](const Tensor &x, const py::object &axis, bool keepdims) {
                  return ops::sum(x, axes_arg(axis), keepdims);
-             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Sum over axis (None: all; int or tuple).")
         .def("mean", [](const Tensor &x, const py::object &axis, bool keepdims) {
                  return ops::mean(x, axes_arg(axis), keepdims);
-             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Mean over axis (None: all; int or tuple).")
         .def("max", [](const Tensor &x, const py::object &axis, bool keepdims) {
                  return ops::max(x, axes_arg(axis), keepdims);
-             }, py::arg("axis") = py::none(), py::arg("keepdims") = false)
+             }, py::arg("axis") = py::none(), py::arg("keepdims") = false,
+             "Maximum over axis; the gradient goes to the first maximal element.")
         .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args(s)); })
         .def("transpose", [](const Tensor &x, const py::args &a) {
                  if (a.size() == 0) {
@@ -207,17 +211,18 @@ PYBIND11_MODULE(_core, m) {
     });
 
     // ---- functional ops ----
-    m.def("relu", &ops::relu);
-    m.def("tanh", &ops::tanh);
-    m.def("sigmoid", &ops::sigmoid);
-    m.def("exp", &ops::exp);
-    m.def("log", &ops::log);
-    m.def("sqrt", &ops::sqrt);
+    m.def("relu", &ops::relu, py::arg("x"), "max(x, 0); the tape keeps one bit per element.");
+    m.def("tanh", &ops::tanh, py::arg("x"));
+    m.def("sigmoid", &ops::sigmoid, py::arg("x"));
+    m.def("exp", &ops::exp, py::arg("x"));
+    m.def("log", &ops::log, py::arg("x"));
+    m.def("sqrt", &ops::sqrt, py::arg("x"));
     m.def("softmax", &ops::softmax, py::arg("x"), py::arg("axis") = -1);
     m.def("log_softmax", &ops::log_softmax, py::arg("x"), py::arg("axis") = -1);
-    m.def("cross_entropy", &ops::cross_entropy);
-    m.def("mse_loss", &ops::mse_loss);
-    m.def("matmul", &ops::matmul);
+    m.def("cross_entropy", &ops::cross_entropy, py::arg("logits"), py::arg("labels"),
+          "Mean softmax cross-entropy; labels: int64 tensor of shape (batch,).");
+    m.def("mse_loss", &ops::mse_loss, py::arg("pred"), py::arg("target"), "Mean squared error; shapes must match.");
+    m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
     m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor());
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));

@@ -1,0 +1,353 @@
+"""Type stubs for spad._core (generated with pybind11-stubgen from the compiled module; regenerate
+after changing the bindings: pybind11-stubgen spad._core -o /tmp/stubs && cp /tmp/stubs/spad/_core.pyi spad/)."""
+from __future__ import annotations
+import collections.abc
+import numpy
+import typing
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'expand', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+class TapeBudgetError(MemoryError):
+    pass
+class Tensor:
+    __array_ufunc__ = None
+    _is_param: bool
+    grad: Tensor
+    requires_grad: bool
+    def __add__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __array__(self, dtype = None, copy = None):
+        ...
+    def __float__(self) -> float:
+        ...
+    def __getitem__(self, index: typing.Any) -> Tensor:
+        ...
+    def __len__(self) -> int:
+        ...
+    def __matmul__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __mul__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __neg__(self) -> Tensor:
+        ...
+    def __pow__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __radd__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __rmatmul__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __rmul__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __rsub__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __rtruediv__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __sub__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def __truediv__(self, arg0: typing.Any) -> Tensor:
+        ...
+    def backward(self, grad: typing.Any = None, retain_graph: bool = False, create_graph: bool = False) -> None:
+        """
+        Accumulate d(self)/d(leaf) into every leaf's .grad. grad defaults to 1 for a scalar; the tape's
+        saved payloads are freed unless retain_graph; create_graph records the backward pass too.
+        Exact unless the forward pass ran under a sampling policy (spad.sampling.use).
+        """
+    def contiguous(self) -> Tensor:
+        ...
+    def detach(self) -> Tensor:
+        """
+        A tensor sharing the data, cut from the graph.
+        """
+    def exp(self) -> Tensor:
+        ...
+    def item(self) -> float:
+        """
+        The value of a one-element tensor as a float.
+        """
+    def log(self) -> Tensor:
+        ...
+    def max(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+        """
+        Maximum over axis; the gradient goes to the first maximal element.
+        """
+    def mean(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+        """
+        Mean over axis (None: all; int or tuple).
+        """
+    def numpy(self) -> numpy.ndarray:
+        """
+        A numpy view of the data (no copy).
+        """
+    def relu(self) -> Tensor:
+        ...
+    def reshape(self, *args) -> Tensor:
+        ...
+    def sigmoid(self) -> Tensor:
+        ...
+    def sqrt(self) -> Tensor:
+        ...
+    def sum(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+        """
+        Sum over axis (None: all; int or tuple).
+        """
+    def tanh(self) -> Tensor:
+        ...
+    def tolist(self):
+        ...
+    def transpose(self, *args) -> Tensor:
+        ...
+    @property
+    def T(self) -> Tensor:
+        ...
+    @property
+    def _version(self) -> int:
+        ...
+    @property
+    def dtype(self) -> numpy.dtype[typing.Any]:
+        ...
+    @property
+    def grad_fn(self) -> typing.Any:
+        ...
+    @property
+    def is_leaf(self) -> bool:
+        ...
+    @property
+    def ndim(self) -> int:
+        ...
+    @property
+    def shape(self) -> tuple:
+        ...
+    @property
+    def size(self) -> int:
+        ...
+class PolicyKind:
+    """
+    Members:
+    
+      EXACT
+    
+      RAD
+    
+      CRS
+    
+      SPAD
+    """
+    CRS: typing.ClassVar[PolicyKind]
+    EXACT: typing.ClassVar[PolicyKind]
+    RAD: typing.ClassVar[PolicyKind]
+    SPAD: typing.ClassVar[PolicyKind]
+    __members__: typing.ClassVar[dict[str, PolicyKind]]
+    @typing.overload
+    def __eq__(self, other: PolicyKind) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: PolicyKind) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class Estimator:
+    """
+    Members:
+    
+      EXACT
+    
+      RAD_DIFF
+    
+      RAD_SAME
+    
+      PROJECT
+    
+      CRS
+    
+      BERNOULLI
+    
+      SPAD
+    
+      SPAD_TOPK
+    
+      SPAD_MAG
+    """
+    BERNOULLI: typing.ClassVar[Estimator]
+    CRS: typing.ClassVar[Estimator]
+    EXACT: typing.ClassVar[Estimator]
+    PROJECT: typing.ClassVar[Estimator]
+    RAD_DIFF: typing.ClassVar[Estimator]
+    RAD_SAME: typing.ClassVar[Estimator]
+    SPAD: typing.ClassVar[Estimator]
+    SPAD_MAG: typing.ClassVar[Estimator]
+    SPAD_TOPK: typing.ClassVar[Estimator]
+    __members__: typing.ClassVar[dict[str, Estimator]]
+    @typing.overload
+    def __eq__(self, other: Estimator) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: Estimator) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class Policy:
+    def __init__(self, kind: PolicyKind, estimator: Estimator, keep: typing.SupportsFloat | typing.SupportsIndex, deterministic: typing.SupportsFloat | typing.SupportsIndex, refresh: typing.SupportsInt | typing.SupportsIndex, unbiased: bool, mix: typing.SupportsFloat | typing.SupportsIndex, ema: typing.SupportsFloat | typing.SupportsIndex, everywhere: bool, seed: typing.SupportsInt | typing.SupportsIndex, sampled_scores: bool = True) -> None:
+        ...
+    def begin_step(self) -> None:
+        ...
+    def scoring_step(self) -> bool:
+        ...
+    def site_scores(self) -> list:
+        ...
+    def state_bytes(self) -> int:
+        ...
+    @property
+    def step(self) -> int:
+        ...
+def _conv_weight_grad_rows(x: Tensor, g: Tensor, wshape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], rows: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex] = []) -> Tensor:
+    ...
+def active_policy() -> Policy:
+    ...
+def adagrad_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.Sequence[Tensor], lr: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    ...
+def adam_step(arg0: collections.abc.Sequence[Tensor], arg1: collections.abc.Sequence[Tensor], arg2: collections.abc.Sequence[Tensor], arg3: typing.SupportsFloat | typing.SupportsIndex, arg4: typing.SupportsFloat | typing.SupportsIndex, arg5: typing.SupportsFloat | typing.SupportsIndex, arg6: typing.SupportsFloat | typing.SupportsIndex, arg7: typing.SupportsFloat | typing.SupportsIndex, arg8: bool, arg9: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
+def assign_(dst: Tensor, src: Tensor) -> None:
+    """
+    Copy src into dst in place and bump dst's version (parameter loads, averages).
+    """
+def avg_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
+    ...
+def bump_version(arg0: Tensor) -> None:
+    """
+    Mark a tensor's storage as overwritten from outside the core.
+    """
+def concatenate(tensors: collections.abc.Sequence[Tensor], axis: typing.SupportsInt | typing.SupportsIndex = 0) -> Tensor:
+    ...
+def conv2d(x: Tensor, w: Tensor, b: Tensor = None, stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [1, 1], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [0, 0]) -> Tensor:
+    ...
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """
+    Mean softmax cross-entropy; labels: int64 tensor of shape (batch,).
+    """
+def dropout(x: Tensor, p: typing.SupportsFloat | typing.SupportsIndex, training: bool) -> Tensor:
+    ...
+def exp(x: Tensor) -> Tensor:
+    ...
+def expand(arg0: Tensor, arg1: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> Tensor:
+    ...
+def from_numpy(array: numpy.ndarray) -> Tensor:
+    """
+    Borrow a float32/float64 array (no copy).
+    """
+def full(arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg1: typing.SupportsFloat | typing.SupportsIndex, arg2: numpy.dtype[typing.Any]) -> Tensor:
+    ...
+def gemm_backend() -> str:
+    ...
+def get_num_threads() -> int:
+    ...
+def is_grad_enabled() -> bool:
+    ...
+def linear(x: Tensor, W: Tensor, b: Tensor = None) -> Tensor:
+    ...
+def log(x: Tensor) -> Tensor:
+    ...
+def log_softmax(x: Tensor, axis: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+    ...
+def manual_seed(arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Seed the global counter-based RNG (dropout, samplers).
+    """
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """
+    numpy.matmul semantics (1-D, 2-D, batched).
+    """
+def max_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
+    ...
+def memory_stats() -> dict:
+    ...
+def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """
+    Mean squared error; shapes must match.
+    """
+def op_table() -> list:
+    """
+    (name, what it saves) for every op, from ops.def.
+    """
+def relu(x: Tensor) -> Tensor:
+    """
+    max(x, 0); the tape keeps one bit per element.
+    """
+def reset_peak_memory_stats() -> None:
+    ...
+def rmsprop_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.Sequence[Tensor], bufs: collections.abc.Sequence[Tensor], lr: typing.SupportsFloat | typing.SupportsIndex, alpha: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, nesterov: bool, weight_decay: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    ...
+def set_active_policy(policy: Policy) -> None:
+    ...
+def set_grad_enabled(arg0: bool) -> None:
+    ...
+def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
+def set_tape_budget(arg0: typing.Any) -> None:
+    ...
+def sgd_step(params: collections.abc.Sequence[Tensor], bufs: collections.abc.Sequence[Tensor], lr: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, nesterov: bool, weight_decay: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    ...
+def sigmoid(x: Tensor) -> Tensor:
+    ...
+def softmax(x: Tensor, axis: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+    ...
+def sqrt(x: Tensor) -> Tensor:
+    ...
+def take(arg0: Tensor, arg1: Tensor, arg2: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> Tensor:
+    ...
+def tanh(x: Tensor) -> Tensor:
+    ...
+def zeros(arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg1: numpy.dtype[typing.Any]) -> Tensor:
+    ...
