@@ -16,9 +16,7 @@ log_softmax = _core.log_softmax
 matmul = _core.matmul
 
 
-def linear(x: Tensor, W: Tensor, b: Optional[Tensor] = None) -> Tensor:
-    """``x @ W + b`` in one op; W has shape (in_features, out_features)."""
-    return _core.linear(x, W, b)
+linear = _core.linear  # x @ W + b in one op; W has shape (in_features, out_features)
 
 
 def _labels(labels: Any) -> Tensor:
@@ -39,13 +37,7 @@ def cross_entropy(logits: Tensor, labels: Any) -> Tensor:
     return _core.cross_entropy(logits, _labels(labels))
 
 
-def mse_loss(pred: Tensor, target: Any) -> Tensor:
-    """Mean squared error over all elements; shapes must match exactly."""
-    if not isinstance(target, Tensor):
-        from .tensor import tensor
-
-        target = tensor(target, dtype=pred.dtype)
-    return _core.mse_loss(pred, target)
+mse_loss = _core.mse_loss  # mean squared error; target: a tensor or array-like of the same shape
 
 
 def _pair(name: str, v: Union[int, Sequence[int]]) -> Tuple[int, int]:

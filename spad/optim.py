@@ -53,8 +53,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         """Drop every parameter's gradient (the next backward allocates a fresh one)."""
-        for p in self.params:
-            p.grad = None
+        _core.clear_grads(self.params)
 
     def step(self) -> None:
         self.steps += 1

@@ -221,9 +221,15 @@ PYBIND11_MODULE(_core, m) {
     m.def("log_softmax", &ops::log_softmax, py::arg("x"), py::arg("axis") = -1);
     m.def("cross_entropy", &ops::cross_entropy, py::arg("logits"), py::arg("labels"),
           "Mean softmax cross-entropy; labels: int64 tensor of shape (batch,).");
-    m.def("mse_loss", &ops::mse_loss, py::arg("pred"), py::arg("target"), "Mean squared error; shapes must match.");
+    m.def("mse_loss", [](const Tensor &pred, py::handle target) { return ops::mse_loss(pred, operand(target, pred)); },
+          py::arg("pred"), py::arg("target"),
+          "Mean squared error over all elements; target: a tensor or array-like of the same shape.");
     m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
-    m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor());
+    m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor(),
+          "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
+    m.def("clear_grads", [](const std::vector<Tensor> &ps) {
+        for (const Tensor &p : ps) p->grad.reset();
+    }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
     });
