@@ -28,6 +28,7 @@ from .tensor import (
 )
 from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
+from .model_io import export, load_model  # models for the C API (devices)
 
 __version__ = "0.1.0"
 
@@ -58,4 +59,6 @@ __all__ = [
     "data",
     "datasets",
     "train",
+    "export",
+    "load_model",
 ]

@@ -61,15 +61,24 @@ Arena::~Arena() {
 
 Arena::Range Arena::place(size_t nbytes) {
     size_t need = kHeader + round_up(std::max<size_t>(nbytes, 1), kAlign);
+    // Best fit among the holes, but a small block does not split a much larger hole while
+    // the bump pointer has room: in a training step the large holes are freed activations
+    // that the next layer's (same-sized) activation will want, and the small blocks are
+    // tape payloads that stay until backward. Splitting would strand both.
+    int best = -1;
     for (int i = 0; i < n_free_; ++i) {
-        Range &r = free_[i];
-        if (r.end - r.begin < need) continue;
+        const size_t size = free_[i].end - free_[i].begin;
+        if (size >= need && (best < 0 || size < free_[best].end - free_[best].begin)) best = i;
+    }
+    const bool bump_fits = need <= cap_ - top_;
+    if (best >= 0 && (!bump_fits || free_[best].end - free_[best].begin <= 4 * need)) {
+        Range &r = free_[best];
         Range got{r.begin, r.begin + need};
         if (r.end - got.end >= kMinBlock) {
             r.begin = got.end;
         } else {  // too small a remainder to ever hold a block: hand out the whole hole
             got.end = r.end;
-            free_[i] = free_[--n_free_];
+            free_[best] = free_[--n_free_];
         }
         ++live_;
         return got;
