@@ -3,7 +3,6 @@ the op and the shapes (or the offending value), so a user can find the failing c
 from __future__ import annotations
 
 import gc
-
 import re
 
 import numpy as np
