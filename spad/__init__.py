@@ -29,6 +29,7 @@ from .tensor import (
 from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
+from .model_io import export, load_model  # models for the C API (devices)
 
 __version__ = "0.1.0"
 
@@ -60,4 +61,6 @@ __all__ = [
     "datasets",
     "train",
     "analysis",
+    "export",
+    "load_model",
 ]

@@ -3,76 +3,16 @@
 // Every entry point runs its body through guard(), which catches every exception and maps
 // it to a spad_status plus a thread-local message: no exception may unwind into C code
 // (that is undefined behaviour, and an embedded caller has no way to catch it).
-#include "spad/spad.h"
+#include "capi_internal.h"
 
-#include <cstring>
-#include <memory>
-#include <new>
-#include <stdexcept>
-#include <string>
-#include <vector>
+using namespace spad_capi;
 
-#include "../core/ops.h"
-#include "../core/rng.h"
-
-struct spad_tensor {
-    spad::Tensor t;
-};
-
-struct spad_ctx {
-    // Handles in creation order, so spad_ctx_rewind(mark) can drop a step's tensors.
-    std::vector<std::unique_ptr<spad_tensor>> owned;
-};
+std::string &spad_capi::last_error() {
+    thread_local std::string msg;
+    return msg;
+}
 
 namespace {
-
-thread_local std::string g_last_error;
-
-spad_status fail(spad_status s, const char *msg) {
-    g_last_error = msg;
-    return s;
-}
-
-// A NULL handle, a bad dtype or rank: thrown so that guard() reports it like any other
-// error, but under its own status (the caller's bug, not a bad value in the data).
-struct ArgError : std::invalid_argument {
-    using std::invalid_argument::invalid_argument;
-};
-
-// Runs f() and turns whatever it throws into a status. Order matters: the core's error
-// kinds derive from std::runtime_error, so they must be caught before it.
-template <class F> spad_status guard(F &&f) {
-    try {
-        g_last_error.clear();
-        f();
-        return SPAD_OK;
-    } catch (const ArgError &e) {
-        return fail(SPAD_ERR_INVALID_ARG, e.what());
-    } catch (const spad::ValueError &e) {
-        return fail(SPAD_ERR_VALUE, e.what());
-    } catch (const spad::TypeError &e) {
-        return fail(SPAD_ERR_TYPE, e.what());
-    } catch (const spad::RuntimeError &e) {
-        return fail(SPAD_ERR_RUNTIME, e.what());
-    } catch (const spad::BudgetError &e) {
-        return fail(SPAD_ERR_BUDGET, e.what());
-    } catch (const std::bad_alloc &) {
-        return fail(SPAD_ERR_ALLOC, "out of memory");
-    } catch (const std::exception &e) {
-        return fail(SPAD_ERR_INTERNAL, e.what());
-    } catch (...) {
-        return fail(SPAD_ERR_INTERNAL, "unknown error in the spad core");
-    }
-}
-
-void need(bool ok, const char *fn, const char *what) {
-    if (!ok) throw ArgError(spad::str(fn, ": ", what));
-}
-
-spad_tensor_t *keep(spad_ctx_t *ctx, spad::Tensor t) {
-    ctx->owned.push_back(std::unique_ptr<spad_tensor>(new spad_tensor{std::move(t)}));
-    return ctx->owned.back().get();
-}
 
 spad::DType to_dtype(spad_dtype d, const char *fn) {
     switch (d) {
@@ -94,21 +34,17 @@ template <class F> spad_status run_op(spad_ctx_t *ctx, spad_tensor_t **out, cons
     return guard([&] {
         need(ctx && out, fn, "ctx and out must not be NULL");
         *out = nullptr;
+        CtxScope scope(ctx);
         spad::Tensor r = op();
         *out = keep(ctx, std::move(r));
     });
-}
-
-const spad::Tensor &T(const spad_tensor_t *t, const char *fn, const char *name) {
-    if (!t) throw ArgError(spad::str(fn, ": ", name, " is NULL"));
-    return t->t;
 }
 
 }  // namespace
 
 extern "C" {
 
-const char *spad_last_error(void) { return g_last_error.c_str(); }
+const char *spad_last_error(void) { return last_error().c_str(); }
 
 const char *spad_status_str(spad_status s) {
     switch (s) {
@@ -127,8 +63,8 @@ const char *spad_status_str(spad_status s) {
 // ---- context ----
 spad_ctx_params spad_ctx_default_params(void) {
     spad_ctx_params p;
+    std::memset(&p, 0, sizeof p);  // no arenas: the heap
     p.tape_budget = -1;
-    p.seed = 0;
     return p;
 }
 
@@ -139,6 +75,14 @@ spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
         spad_ctx_params p = params ? *params : spad_ctx_default_params();
         need(p.tape_budget >= -1, "spad_ctx_init", "tape_budget must be >= 0 bytes, or -1 for none");
         std::unique_ptr<spad_ctx> ctx(new spad_ctx);
+        // One arena per role; a NULL buffer with a size means "reserve it for me".
+        auto make = [&](void *buf, size_t bytes) -> std::unique_ptr<spad::Arena> {
+            if (p.measure) return std::unique_ptr<spad::Arena>(new spad::Arena(spad::Arena::measuring()));
+            if (bytes == 0) return nullptr;
+            return std::unique_ptr<spad::Arena>(buf ? new spad::Arena(buf, bytes) : new spad::Arena(bytes));
+        };
+        ctx->step = make(p.step_arena, p.step_arena_bytes);
+        ctx->persist = make(p.persistent_arena, p.persistent_arena_bytes);
         spad::mem_stats().budget = p.tape_budget;
         spad::manual_seed(p.seed);
         *out = ctx.release();
@@ -147,8 +91,12 @@ spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
 
 void spad_ctx_free(spad_ctx_t *ctx) {
     if (!ctx) return;
+    // Everything that may hold arena memory goes before the arenas themselves.
+    for (spad_model *m : ctx->models) spad_model_destroy(m);
+    ctx->models.clear();
     // Drop handles newest first: a graph is released from its loss back to its leaves.
     while (!ctx->owned.empty()) ctx->owned.pop_back();
+    ctx->policy.reset();
     delete ctx;
 }
 
@@ -159,6 +107,9 @@ spad_status spad_ctx_rewind(spad_ctx_t *ctx, size_t mark) {
         need(ctx != nullptr, "spad_ctx_rewind", "ctx is NULL");
         need(mark <= ctx->owned.size(), "spad_ctx_rewind", "mark is newer than the context (already rewound?)");
         while (ctx->owned.size() > mark) ctx->owned.pop_back();
+        // With nothing left in it, the step arena starts the next step empty (the free
+        // list already reuses memory; a reset also drops holes it could not record).
+        if (ctx->step && ctx->step->live_blocks() == 0) ctx->step->reset();
     });
 }
 
@@ -219,8 +170,11 @@ spad_status spad_tensor_set_requires_grad(spad_ctx_t *ctx, spad_tensor_t *t, int
 
 spad_status spad_tensor_set_param(spad_ctx_t *ctx, spad_tensor_t *t) {
     spad_status s = spad_tensor_set_requires_grad(ctx, t, 1);
-    if (s == SPAD_OK) t->t->storage->is_param = true;
-    return s;
+    if (s != SPAD_OK) return s;
+    return guard([&] {
+        make_persistent(ctx, t->t);
+        t->t->storage->is_param = true;
+    });
 }
 
 int spad_tensor_requires_grad(const spad_tensor_t *t) { return t && t->t->requires_grad ? 1 : 0; }
@@ -229,6 +183,7 @@ spad_status spad_tensor_grad(spad_ctx_t *ctx, const spad_tensor_t *t, spad_tenso
     return guard([&] {
         need(ctx && out, "spad_tensor_grad", "ctx and out must not be NULL");
         *out = nullptr;
+        CtxScope scope(ctx);
         const spad::Tensor &x = T(t, "spad_tensor_grad", "t");
         if (x->grad) *out = keep(ctx, spad::contiguous(x->grad));
     });
@@ -295,6 +250,7 @@ spad_status spad_cross_entropy(spad_ctx_t *ctx, const spad_tensor_t *logits, con
 spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss) {
     return guard([&] {
         need(ctx != nullptr, "spad_backward", "ctx is NULL");
+        CtxScope scope(ctx);
         spad::backward(T(loss, "spad_backward", "loss"), nullptr, false, false);
     });
 }
@@ -305,6 +261,7 @@ spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t 
         const char *fn = "sgd_step";
         need(ctx != nullptr, fn, "ctx is NULL");
         need(params || n_params == 0, fn, "params is NULL");
+        CtxScope scope(ctx);
         // Validate everything first so that an error leaves every parameter untouched.
         for (size_t i = 0; i < n_params; ++i) {
             const spad::Tensor &p = T(params[i], fn, "a parameter");
@@ -334,6 +291,27 @@ spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t 
 }
 
 // ---- memory ----
+spad_status spad_ctx_arena_stats(const spad_ctx_t *ctx, spad_arena_stats *out) {
+    return guard([&] {
+        need(ctx && out, "spad_ctx_arena_stats", "ctx and out must not be NULL");
+        auto fill = [](const spad::Arena *a, int64_t &used, int64_t &high, int64_t &cap) {
+            used = a ? (int64_t)a->used() : 0;
+            high = a ? (int64_t)a->high_water() : 0;
+            cap = a && !a->is_measuring() ? (int64_t)a->capacity() : -1;
+        };
+        fill(ctx->step.get(), out->step_used, out->step_high_water, out->step_capacity);
+        fill(ctx->persist.get(), out->persistent_used, out->persistent_high_water, out->persistent_capacity);
+    });
+}
+
+spad_status spad_ctx_arena_reset_peak(spad_ctx_t *ctx) {
+    return guard([&] {
+        need(ctx != nullptr, "spad_ctx_arena_reset_peak", "ctx is NULL");
+        if (ctx->step) ctx->step->reset_peak();
+        if (ctx->persist) ctx->persist->reset_peak();
+    });
+}
+
 spad_status spad_mem_stats_get(spad_mem_stats *out) {
     return guard([&] {
         need(out != nullptr, "spad_mem_stats_get", "out is NULL");
@@ -356,3 +334,16 @@ spad_status spad_tape_budget_set(int64_t bytes) {
 }
 
 }  // extern "C"
+
+void spad_capi::make_persistent(spad_ctx_t *ctx, const spad::Tensor &t) {
+    if (!ctx->persist || t->storage->ctx == ctx->persist.get()) return;
+    spad::Tensor moved;
+    {
+        spad::ArenaScope in(ctx->persist.get());
+        moved = spad::copy(t);
+    }
+    moved->storage->version = t->storage->version;
+    t->storage = moved->storage;
+    t->offset = 0;
+    t->strides = moved->strides;
+}

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "arena.h"
 #include "gemm.h"
 #include "ops.h"
 #include "rng.h"
@@ -83,6 +84,8 @@ struct FeatureDraw {
 
 static Tensor q_of(const SiteState &s) {
     if (s.cfg.unbiased && s.q) return s.q;
+    // The site keeps q across steps: never put it in a per-step arena.
+    ArenaScope persistent(persistent_arena());
     Tensor q = empty({s.n}, DType::F64);
     q->storage->is_param = true;  // sampler state, held by the site between steps (see Policy::state_bytes)
     double *pq = q->data<double>();

@@ -34,15 +34,25 @@ static void charge_tape(const std::shared_ptr<Storage> &s, int sign) {
     }
 }
 
-static void charge_exact(const std::shared_ptr<Storage> &s, int sign) {
+static std::shared_ptr<ExactCharge> exact_token(const std::shared_ptr<Storage> &s) {
+    if (!s) return nullptr;
+    if (!s->exact_charge) {
+        s->exact_charge = std::make_shared<ExactCharge>();
+        s->exact_charge->nbytes = s->nbytes;
+    }
+    s->exact_charge->is_param = s->is_param;  // may be set after the storage was made
+    return s->exact_charge;
+}
+
+static void charge_exact(const std::shared_ptr<ExactCharge> &s, int sign) {
     if (!s || s->is_param) return;
     MemStats &m = mem_stats();
     if (sign > 0) {
-        if (s->exact_refs++ == 0) {
+        if (s->refs++ == 0) {
             m.exact_tape_bytes += (int64_t)s->nbytes;
             m.peak_exact_tape_bytes = std::max(m.peak_exact_tape_bytes, m.exact_tape_bytes);
         }
-    } else if (--s->exact_refs == 0) {
+    } else if (--s->refs == 0) {
         m.exact_tape_bytes -= (int64_t)s->nbytes;
     }
 }
@@ -77,7 +87,7 @@ void SavedTensor::pack_exact(const Tensor &t, bool is_output, SaveKind as) {
     charge_tape(t->storage, +1);
     kind = as;
     value = is_output ? alias(t) : t;
-    exact_src = t->storage;
+    exact_src = exact_token(t->storage);
     charge_exact(exact_src, +1);
     version = t->storage->version;
     released = false;
@@ -89,7 +99,7 @@ void SavedTensor::pack_mask(const Tensor &bits, const Tensor &source) {
     charge_tape(bits->storage, +1);
     kind = SaveKind::MASK1;
     value = bits;
-    exact_src = bits->storage;  // the exact engine saves the same 1-bit mask
+    exact_src = exact_token(bits->storage);  // the exact engine saves the same 1-bit mask
     charge_exact(exact_src, +1);
     released = false;
 }
@@ -115,7 +125,7 @@ void SavedTensor::pack_sampled(const Tensor &values, const Tensor &a, const Tens
     kind = SaveKind::SAMPLED;
     value = values;
     aux = a;
-    exact_src = source->storage;
+    exact_src = exact_token(source->storage);  // bytes only: the source itself may go
     charge_exact(exact_src, +1);
     released = false;
 }

@@ -44,7 +44,7 @@ struct SavedTensor {
     SaveKind kind = SaveKind::NONE;
     Tensor value;     // EXACT / INDEX: the tensor; MASK1: packed bits; SAMPLED: values
     Tensor aux;       // SAMPLED: extra payload (probabilities, stored indices), counted too
-    std::shared_ptr<Storage> exact_src;  // storage charged to exact_tape_bytes
+    std::shared_ptr<ExactCharge> exact_src;  // charged to exact_tape_bytes (not the storage itself)
     std::shared_ptr<void> ctx;           // SAMPLED: the sampling site whose state backward updates
     uint64_t version = 0;
     uint64_t seed = 0, counter = 0;

@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include "arena.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +12,7 @@
 namespace spad {
 
 static void free_heap(void *data, void *) { std::free(data); }
+static void free_arena(void *data, void *arena) { static_cast<Arena *>(arena)->free(data); }
 
 // Training allocates and frees the same large buffers every step. glibc serves blocks
 // above 128 KiB with fresh mmap()s, so every step would pay page faults and zeroing for
@@ -26,13 +29,21 @@ static void tune_allocator() {
 }
 
 std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
-    tune_allocator();
     auto s = std::make_shared<Storage>();
+    // Devices route tensor data into a fixed arena (see arena.h); the heap is the default.
+    if (Arena *a = current_arena()) {
+        s->data = a->alloc(nbytes);
+        s->nbytes = nbytes;
+        s->release = free_arena;
+        s->ctx = a;
+        return s;
+    }
     if (nbytes <= Storage::kSmall) {
         s->data = s->small;
         s->nbytes = nbytes;
         return s;
     }
+    tune_allocator();
     // 64-byte alignment keeps SIMD loads and BLAS happy; aligned_alloc needs a multiple.
     size_t padded = (nbytes + 63) / 64 * 64;
     if (padded == 0) padded = 64;

@@ -17,6 +17,15 @@ struct Node;
 struct TensorImpl;
 using Tensor = std::shared_ptr<TensorImpl>;
 
+// What an exact tape would keep of one storage (Note [Tape accounting] in saved.h). A
+// sampled payload holds this token, never the storage: holding the storage would keep
+// the whole tensor alive, and the sampled tape would save nothing but on paper.
+struct ExactCharge {
+    size_t nbytes = 0;
+    int32_t refs = 0;  // live payloads that an exact tape would have charged for it
+    bool is_param = false;
+};
+
 struct Storage {
     void *data = nullptr;
     size_t nbytes = 0;
@@ -29,7 +38,7 @@ struct Storage {
     // How many live saved payloads hold this storage (real tape) / would hold it in an
     // exact tape. Bytes are counted once per storage. See Note [Tape accounting].
     int32_t tape_refs = 0;
-    int32_t exact_refs = 0;
+    std::shared_ptr<ExactCharge> exact_charge;  // made on first use
     // Persistent state (parameters, optimizer and sampler state) lives across steps anyway:
     // saving it costs the tape nothing, so it is not counted in tape bytes.
     bool is_param = false;

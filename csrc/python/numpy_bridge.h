@@ -78,7 +78,7 @@ inline py::array to_numpy(const Tensor &t) {
     py::array a(np_dtype(t->dtype), shape, strides, t->raw(), py::cast(t));
     // A tensor held by the tape is read-only through numpy: numpy writes would bypass the
     // version counter and silently change the gradient (see Note [Saved tensor versions]).
-    if (t->storage->tape_refs > 0 || t->storage->exact_refs > 0) a.attr("flags").attr("writeable") = false;
+    if (t->storage->tape_refs > 0) a.attr("flags").attr("writeable") = false;
     return a;
 }
 

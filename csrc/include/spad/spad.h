@@ -68,7 +68,29 @@ typedef struct spad_tensor spad_tensor_t;
 typedef struct spad_ctx_params {
     int64_t tape_budget;  /* hard cap on tape bytes; -1 = none */
     uint64_t seed;        /* seeds the core's counter-based RNG (samplers, dropout) */
+    /* Memory; all zero (the default) = the heap. See "Memory on devices" below.
+     * buffer NULL with bytes > 0: the context reserves that many bytes itself. */
+    void *step_arena;               /* each step's tensors: inputs, activations, tape, gradients */
+    size_t step_arena_bytes;
+    void *persistent_arena;         /* parameters (spad_tensor_set_param, models), sampler state */
+    size_t persistent_arena_bytes;
+    int32_t measure;                /* 1: both arenas only count (heap-backed, no limit), so
+                                       spad_ctx_arena_stats() tells the sizes to deploy */
 } spad_ctx_params;
+
+/* Memory on devices
+ *   With arenas, tensor data never touches the heap after spad_ctx_init: it is carved
+ *   from the two buffers (16-byte aligned blocks; freed blocks are reused at once, so the
+ *   step arena's high-water mark is what a step really keeps alive). Small bookkeeping
+ *   (handles, tape nodes, shapes) still uses the heap. A full arena makes the call fail
+ *   with SPAD_ERR_ALLOC and changes nothing; so does an exceeded tape budget
+ *   (SPAD_ERR_BUDGET). spad_ctx_rewind() resets the step arena once no handle uses it.
+ *   To size the arenas: run one step with params.measure = 1 and read the high-water
+ *   marks; keep some slack for sampling (payload sizes vary a little between steps). */
+typedef struct spad_arena_stats {
+    int64_t step_used, step_high_water, step_capacity;  /* capacity -1: heap or measure mode */
+    int64_t persistent_used, persistent_high_water, persistent_capacity;
+} spad_arena_stats;
 
 typedef struct spad_mem_stats {
     int64_t tape_bytes;             /* bytes the tape keeps alive now */
@@ -104,7 +126,7 @@ int64_t spad_tensor_numel(const spad_tensor_t *t);
 spad_status spad_tensor_item(const spad_tensor_t *t, double *out);  /* one-element tensors */
 spad_status spad_tensor_set_requires_grad(spad_ctx_t *ctx, spad_tensor_t *t, int on);
 /* requires_grad, and the tensor is a parameter: it lives anyway, so saving it costs the
- * tape nothing in spad_mem_stats. */
+ * tape nothing in spad_mem_stats. With a persistent arena, its data moves there. */
 spad_status spad_tensor_set_param(spad_ctx_t *ctx, spad_tensor_t *t);
 int spad_tensor_requires_grad(const spad_tensor_t *t);
 /* *out = a new handle on t's accumulated gradient, or NULL if backward has not reached t. */
@@ -138,11 +160,58 @@ spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss);
 spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr);
 
 /* ---- memory ---- */
+spad_status spad_ctx_arena_stats(const spad_ctx_t *ctx, spad_arena_stats *out);
+spad_status spad_ctx_arena_reset_peak(spad_ctx_t *ctx);
 spad_status spad_mem_stats_get(spad_mem_stats *out);
 void spad_mem_stats_reset_peak(void);
 /* A forward pass that would push tape bytes over `bytes` fails with SPAD_ERR_BUDGET and
  * records nothing; -1 removes the cap. */
 spad_status spad_tape_budget_set(int64_t bytes);
+
+/* ---- sampling (randomized / selective-path backprop) ----
+ * The policy applies to every op recorded through ctx from now on (spad_linear,
+ * spad_matmul, spad_model_train_step): the tape keeps a fraction `keep` of each layer
+ * input instead of all of it, and weight gradients become unbiased estimates.
+ *   SPAD_POLICY_EXACT  exact backprop (the default; keep and seed are ignored)
+ *   SPAD_POLICY_RAD    uniform per-example feature sampling (RAD, "different sample")
+ *   SPAD_POLICY_SPAD   selective paths: features drawn by their scores, refreshed every
+ *                      `refresh` steps from the sampled passes themselves, 10% uniform mix */
+typedef enum spad_policy_kind {
+    SPAD_POLICY_EXACT = 0,
+    SPAD_POLICY_RAD = 1,
+    SPAD_POLICY_SPAD = 2
+} spad_policy_kind;
+spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double keep, int64_t refresh, uint64_t seed);
+/* Starts a forward pass under the policy (SPAD counts steps to refresh its scores);
+ * spad_model_train_step calls it for you. */
+spad_status spad_ctx_step_begin(spad_ctx_t *ctx);
+
+/* ---- models: networks exported from Python with spad.export(model, path) ----
+ * The file format is documented in spad/model_io.py and docs/embedded.md. A model
+ * belongs to its context (spad_ctx_free frees it); its parameters live in the persistent
+ * arena. Layers: Linear, Conv2d, MaxPool2d, AvgPool2d, ReLU, Tanh, Sigmoid, Flatten. */
+typedef struct spad_model spad_model_t;
+spad_status spad_model_load(spad_ctx_t *ctx, const char *path, spad_model_t **out);
+spad_status spad_model_load_buffer(spad_ctx_t *ctx, const void *data, size_t nbytes, spad_model_t **out);
+spad_status spad_model_save(const spad_model_t *model, const char *path);
+/* A fresh MLP: Linear(sizes[0], sizes[1]), ReLU, ..., Linear(sizes[n-2], sizes[n-1]);
+ * He-uniform weights from `seed`, zero biases. */
+spad_status spad_model_mlp(spad_ctx_t *ctx, const int32_t *sizes, int32_t n_sizes, uint64_t seed,
+                           spad_model_t **out);
+void spad_model_free(spad_ctx_t *ctx, spad_model_t *model);  /* optional; NULL is a no-op */
+/* Inference (records nothing): x (B, features) or (B, C, H, W) float32 -> *out (B, outputs). */
+spad_status spad_model_forward(spad_ctx_t *ctx, const spad_model_t *model, const spad_tensor_t *x,
+                               spad_tensor_t **out);
+/* One SGD step: forward under the context's policy, loss, backward, p -= lr * grad.
+ * target: SPAD_I64 labels (B,) -> cross-entropy; float (B, outputs) -> mean squared error.
+ * *loss (may be NULL) receives the loss before the update. On any failure (tape budget,
+ * full arena, non-finite loss) every parameter is left untouched. Gradients are dropped
+ * afterwards, so nothing of the step stays in the step arena. */
+spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const spad_tensor_t *x,
+                                  const spad_tensor_t *target, double lr, double *loss);
+int32_t spad_model_num_params(const spad_model_t *model);  /* weight and bias tensors */
+/* A handle on parameter i (its data is the live weights); NULL if out of range. */
+spad_status spad_model_param(spad_ctx_t *ctx, const spad_model_t *model, int32_t i, spad_tensor_t **out);
 
 #ifdef __cplusplus
 }
