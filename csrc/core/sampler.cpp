@@ -110,17 +110,6 @@ static Tensor gather_cols(const Tensor &x, const std::vector<int64_t> &idx, cons
     return v;
 }
 
-template <class T>
-static Tensor gather_rows(const Tensor &x, const std::vector<int64_t> &rows, const std::vector<double> &w) {
-    const int64_t n = x->shape[1], s = (int64_t)rows.size();
-    Tensor v = empty({s, n}, x->dtype);
-    const T *px = x->data<T>();
-    T *pv = v->data<T>();
-    for (int64_t r = 0; r < s; ++r)
-        for (int64_t j = 0; j < n; ++j) pv[r * n + j] = px[rows[r] * n + j] * (T)w[r];
-    return v;
-}
-
 // Rademacher sign of R[i, s] (n x k), regenerated from the payload's stream 2.
 static inline double rademacher(const RandomStream &rs, int64_t i, int64_t s, int64_t k) {
     return (rs.bits((uint64_t)(i * k + s)) & 1u) ? 1.0 : -1.0;
@@ -269,25 +258,10 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
             case Estimator::BERNOULLI: {
                 std::vector<int64_t> rows;
                 std::vector<double> w;
-                if (est == Estimator::BERNOULLI) {
-                    rs = reserve(*pol, (uint64_t)B);
-                    for (int64_t b = 0; b < B; ++b)
-                        if (rs.uniform((uint64_t)b) < c.keep) rows.push_back(b), w.push_back(1.0 / c.keep);
-                } else {
-                    const int64_t s = keep_count(c.keep, B);
-                    rs = reserve(*pol, (uint64_t)s);
-                    std::vector<double> score(B);
-                    const bool stale = (int64_t)site->dy_norm.size() == B;
-                    for (int64_t b = 0; b < B; ++b) {
-                        double nx = 0;
-                        for (int64_t j = 0; j < n; ++j) nx += (double)px[b * n + j] * (double)px[b * n + j];
-                        score[b] = std::sqrt(nx) * (stale ? site->dy_norm[b] : 1.0);
-                    }
-                    crs_rows(score, s, (int64_t)std::floor(c.deterministic * (double)s), rs, rows, w);
-                }
-                values = gather_rows<T>(x, rows, w);
-                aux = index_tensor(rows);
+                rs = select_rows(*pol, *site, x, B, n, rows, w);
                 k = (int64_t)rows.size();
+                values = weighted_rows(x, n, rows, w, {k, n});
+                aux = index_tensor(rows);
                 break;
             }
             default:
@@ -457,17 +431,6 @@ static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B
     s.acc_steps++;
 }
 
-template <class T> static void row_norms(const Tensor &g, std::vector<double> &out) {
-    const int64_t B = g->shape[0], m = g->shape[1];
-    const T *p = g->data<T>();
-    out.assign(B, 0.0);
-    for (int64_t b = 0; b < B; ++b) {
-        double s = 0;
-        for (int64_t j = 0; j < m; ++j) s += (double)p[b * m + j] * (double)p[b * m + j];
-        out[b] = std::sqrt(s);
-    }
-}
-
 Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
     const char *op = op_name(n.op);
     if (slot.kind != SaveKind::SAMPLED) {
@@ -549,7 +512,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                 T *ps = gs->data<T>();
                 for (int64_t r = 0; r < k; ++r) std::copy(pg + rows[r] * m, pg + rows[r] * m + m, ps + r * m);
                 gemm(true, false, nf, m, k, T(1), pv, nf, ps, m, T(0), pw, m);
-                if (est == Estimator::CRS) row_norms<T>(g, site.dy_norm);  // stale scores for the next step
+                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step
                 break;
             }
             default:

@@ -33,33 +33,8 @@ void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &
         site = site_for(*pol, w, C * P);
         std::vector<int64_t> rows;
         std::vector<double> wt;
-        if (est == Estimator::BERNOULLI) {
-            rs = reserve(*pol, (uint64_t)N);
-            for (int64_t n = 0; n < N; ++n)
-                if (rs.uniform((uint64_t)n) < c.keep) rows.push_back(n), wt.push_back(1.0 / c.keep);
-        } else {
-            const int64_t s = keep_count(c.keep, N);
-            rs = reserve(*pol, (uint64_t)s);
-            std::vector<double> score(N);
-            const bool stale = (int64_t)site->dy_norm.size() == N;
-            SPAD_FLOAT(x->dtype, T, {
-                const T *px = x->data<T>();
-                for (int64_t n = 0; n < N; ++n) {
-                    double nx = 0;
-                    for (int64_t j = 0; j < C * P; ++j) nx += (double)px[n * C * P + j] * (double)px[n * C * P + j];
-                    score[n] = std::sqrt(nx) * (stale ? site->dy_norm[n] : 1.0);
-                }
-            });
-            crs_rows(score, s, (int64_t)std::floor(c.deterministic * (double)s), rs, rows, wt);
-        }
-        values = empty({(int64_t)rows.size(), C, geom.H, geom.W}, x->dtype);
-        SPAD_FLOAT(x->dtype, T, {
-            for (size_t r = 0; r < rows.size(); ++r) {
-                const T *src = x->data<T>() + rows[r] * C * P;
-                T *dst = values->data<T>() + (int64_t)r * C * P;
-                for (int64_t j = 0; j < C * P; ++j) dst[j] = src[j] * (T)wt[r];
-            }
-        });
+        rs = select_rows(*pol, *site, x, N, C * P, rows, wt);
+        values = weighted_rows(x, C * P, rows, wt, {(int64_t)rows.size(), C, geom.H, geom.W});
         aux = index_tensor(rows);
         slot.pack_sampled(values, aux, x_);
         slot.k = (int64_t)rows.size();
@@ -105,16 +80,9 @@ Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const
         SPAD_FLOAT(g->dtype, T, {
             for (int64_t r = 0; r < s; ++r)
                 std::copy(g->data<T>() + rows[r] * Q, g->data<T>() + (rows[r] + 1) * Q, gs->data<T>() + r * Q);
-            if (est == Estimator::CRS) {  // stale ||dy_n|| for the next step's scores
-                SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
-                site.dy_norm.assign(N, 0.0);
-                for (int64_t i = 0; i < N; ++i) {
-                    double a = 0;
-                    for (int64_t j = 0; j < Q; ++j) a += (double)g->data<T>()[i * Q + j] * (double)g->data<T>()[i * Q + j];
-                    site.dy_norm[i] = std::sqrt(a);
-                }
-            }
         });
+        if (est == Estimator::CRS)  // stale ||dy_n|| for the next step's scores
+            remember_dy_norms(*std::static_pointer_cast<SiteState>(slot.ctx), g, N, Q);
         ConvGeom sub = geom;
         sub.N = s;
         return conv_weight_grad_rows(vals, gs, sub, RowSet::range(0, sub.rows()));

@@ -74,5 +74,59 @@ inline void crs_rows(const std::vector<double> &score, int64_t s, int64_t C, con
     }
 }
 
+// Squared norms of the R rows (F contiguous values each) of a float tensor, as doubles.
+inline std::vector<double> row_norms2(const Tensor &t, int64_t R, int64_t F) {
+    std::vector<double> out(R, 0.0);
+    SPAD_FLOAT(t->dtype, T, {
+        const T *p = t->data<T>();
+        for (int64_t r = 0; r < R; ++r) {
+            double a = 0;
+            for (int64_t j = 0; j < F; ++j) a += (double)p[r * F + j] * (double)p[r * F + j];
+            out[r] = a;
+        }
+    });
+    return out;
+}
+
+// CRS / Bernoulli: which rows of x (contiguous, R rows of F values) the tape keeps, and
+// their weights. CRS scores a row by ||x_r|| * ||dy_r|| with dy from the site's previous
+// backward pass at the same batch position (1 when there is none yet).
+inline RandomStream select_rows(Policy &p, const SiteState &site, const Tensor &x, int64_t R, int64_t F,
+                                std::vector<int64_t> &rows, std::vector<double> &w) {
+    const PolicyConfig &c = p.cfg;
+    if (c.estimator == Estimator::BERNOULLI) {
+        RandomStream rs = reserve(p, (uint64_t)R);
+        for (int64_t r = 0; r < R; ++r)
+            if (rs.uniform((uint64_t)r) < c.keep) rows.push_back(r), w.push_back(1.0 / c.keep);
+        return rs;
+    }
+    const int64_t s = keep_count(c.keep, R);
+    RandomStream rs = reserve(p, (uint64_t)s);
+    std::vector<double> score = row_norms2(x, R, F);
+    const bool stale = (int64_t)site.dy_norm.size() == R;
+    for (int64_t r = 0; r < R; ++r) score[r] = std::sqrt(score[r]) * (stale ? site.dy_norm[r] : 1.0);
+    crs_rows(score, s, (int64_t)std::floor(c.deterministic * (double)s), rs, rows, w);
+    return rs;
+}
+
+// The kept rows of x (R rows of F values), each scaled by its weight, in `shape`.
+inline Tensor weighted_rows(const Tensor &x, int64_t F, const std::vector<int64_t> &rows,
+                            const std::vector<double> &w, Shape shape) {
+    Tensor v = empty(shape, x->dtype);
+    SPAD_FLOAT(x->dtype, T, {
+        const T *px = x->data<T>();
+        T *pv = v->data<T>();
+        for (size_t r = 0; r < rows.size(); ++r)
+            for (int64_t j = 0; j < F; ++j) pv[(int64_t)r * F + j] = px[rows[r] * F + j] * (T)w[r];
+    });
+    return v;
+}
+
+// Stale ||dy_r|| for the next step's CRS scores (g: R rows of F values).
+inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64_t F) {
+    site.dy_norm = row_norms2(g, R, F);
+    for (double &v : site.dy_norm) v = std::sqrt(v);
+}
+
 }  // namespace sampling_detail
 }  // namespace spad

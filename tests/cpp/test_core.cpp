@@ -12,37 +12,7 @@
 #include <string>
 #include <vector>
 
-static int g_checks = 0, g_failures = 0;
-
-#define CHECK(cond)                                                                                   \
-    do {                                                                                              \
-        ++g_checks;                                                                                   \
-        if (!(cond)) {                                                                                \
-            ++g_failures;                                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__, __LINE__, #cond, \
-                         spad_last_error());                                                          \
-        }                                                                                             \
-    } while (0)
-
-// A call that must succeed; on failure the test function returns (later steps depend on it).
-#define OK(call)                                                                                      \
-    do {                                                                                              \
-        ++g_checks;                                                                                   \
-        spad_status s_ = (call);                                                                      \
-        if (s_ != SPAD_OK) {                                                                          \
-            ++g_failures;                                                                             \
-            std::fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,            \
-                         spad_status_str(s_), spad_last_error());                                     \
-            return;                                                                                   \
-        }                                                                                             \
-    } while (0)
-
-#define CHECK_STATUS(call, expected, needle)                                                          \
-    do {                                                                                              \
-        spad_status s_ = (call);                                                                      \
-        CHECK(s_ == (expected));                                                                      \
-        CHECK(std::strstr(spad_last_error(), (needle)) != nullptr);                                   \
-    } while (0)
+#include "check.h"
 
 // Frees the context on every way out of a test, early returns included, so that a
 // failing check does not turn into a leak report under AddressSanitizer.

@@ -10,29 +10,7 @@
 #include <string>
 #include <vector>
 
-static int g_checks = 0, g_failures = 0;
-
-#define CHECK(cond)                                                                                   \
-    do {                                                                                              \
-        ++g_checks;                                                                                   \
-        if (!(cond)) {                                                                                \
-            ++g_failures;                                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__, __LINE__, #cond, \
-                         spad_last_error());                                                          \
-        }                                                                                             \
-    } while (0)
-
-#define OK(call)                                                                                      \
-    do {                                                                                              \
-        ++g_checks;                                                                                   \
-        spad_status s_ = (call);                                                                      \
-        if (s_ != SPAD_OK) {                                                                          \
-            ++g_failures;                                                                             \
-            std::fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,            \
-                         spad_status_str(s_), spad_last_error());                                     \
-            return;                                                                                   \
-        }                                                                                             \
-    } while (0)
+#include "check.h"
 
 struct CtxGuard {
     spad_ctx_t *&ctx;
