@@ -290,45 +290,58 @@ static void check_pool(const char *op, const Tensor &x, int64_t k) {
 
 Tensor max_pool2d(const Tensor &x, int64_t k) {
     check_pool("max_pool2d", x, k);
-    // Argmax positions are int32 (half the tape bytes of int64), so flat offsets must fit.
-    SPAD_CHECK(x->numel() <= std::numeric_limits<int32_t>::max(), ValueError, "max_pool2d: input of shape ",
-               shape_str(x->shape), " has more than 2^31-1 elements");
+    // The tape keeps each maximum's position inside its k x k window, one byte per output
+    // (an int64 flat offset would be 8): the window itself follows from the output position.
+    SPAD_CHECK(k * k <= 256, ValueError, "max_pool2d: kernel size ", k, " is too large (k*k must be <= 256) for input ",
+               shape_str(x->shape));
     const int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3], Ho = H / k, Wo = W / k;
     Tensor xc = contiguous(x);
     Tensor out = empty({x->shape[0], x->shape[1], Ho, Wo}, x->dtype);
-    Tensor idx = empty(out->shape, DType::I32);
-    int32_t *pi = idx->data<int32_t>();
+    Tensor idx = empty(out->shape, DType::U8);
+    uint8_t *pi = idx->data<uint8_t>();
     SPAD_FLOAT(x->dtype, T, {
         const T *px = xc->data<T>();
         T *o = out->data<T>();
         for (int64_t pl = 0; pl < NC; ++pl)
             for (int64_t oh = 0; oh < Ho; ++oh)
                 for (int64_t ow = 0; ow < Wo; ++ow) {
-                    int64_t best = pl * H * W + oh * k * W + ow * k;
+                    int64_t best = pl * H * W + oh * k * W + ow * k, pos = 0;
                     for (int64_t a = 0; a < k; ++a)
                         for (int64_t b = 0; b < k; ++b) {
                             const int64_t at = pl * H * W + (oh * k + a) * W + ow * k + b;
                             // First maximum wins; a NaN wins over numbers (it propagates, as in numpy).
-                            if (px[at] > px[best] || (std::isnan(px[at]) && !std::isnan(px[best]))) best = at;
+                            if (px[at] > px[best] || (std::isnan(px[at]) && !std::isnan(px[best]))) {
+                                best = at;
+                                pos = a * k + b;
+                            }
                         }
                     const int64_t j = (pl * Ho + oh) * Wo + ow;
                     o[j] = px[best];
-                    pi[j] = (int32_t)best;
+                    pi[j] = (uint8_t)pos;
                 }
     });
     auto node = make_node(OpKind::MAX_POOL2D, {&x});
-    if (node) node->saved[0].pack_exact(idx, false, SaveKind::INDEX);
+    if (node) {
+        node->at.i0 = k;
+        node->saved[0].pack_exact(idx, false, SaveKind::INDEX);
+    }
     attach(out, node);
     return out;
 }
 }  // namespace ops
 void backward_MAX_POOL2D(Node &n, const Tensor &g, Tensor *gin) {
     const Tensor &idx = n.saved[0].get("max_pool2d");
-    // scatter_add (differentiable, its backward is take) wants int64 offsets: widen the
-    // saved int32 ones in a temporary that lives only during this rule.
-    Tensor wide = empty({idx->numel()}, DType::I64);
-    std::copy(idx->data<int32_t>(), idx->data<int32_t>() + idx->numel(), wide->data<int64_t>());
     const Shape &xs = n.in_shape[0];
+    const int64_t k = n.at.i0, H = xs[2], W = xs[3], Ho = H / k, Wo = W / k;
+    // scatter_add (differentiable, its backward is take) wants int64 flat offsets: rebuild
+    // them from the saved window positions in a temporary that lives only during this rule.
+    Tensor wide = empty({idx->numel()}, DType::I64);
+    const uint8_t *pi = idx->data<uint8_t>();
+    int64_t *pw = wide->data<int64_t>();
+    for (int64_t j = 0, e = idx->numel(); j < e; ++j) {
+        const int64_t pl = j / (Ho * Wo), oh = j / Wo % Ho, ow = j % Wo, a = pi[j] / k, b = pi[j] % k;
+        pw[j] = pl * H * W + (oh * k + a) * W + ow * k + b;
+    }
     gin[0] = reshape(scatter_add(reshape(g, {-1}), wide, {numel_of(xs)}), xs);
 }
 namespace ops {
