@@ -80,6 +80,9 @@ class Regularizer:
         return loss
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _labels(y) -> Optional[np.ndarray]:
     a = y if isinstance(y, np.ndarray) else None
     return a if a is not None and a.dtype.kind in "iu" else None
@@ -165,7 +168,9 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
             t0 = time.perf_counter()
             for step, (xb, yb) in enumerate(train_loader):
                 if isinstance(xb, np.ndarray):
-                    xb = tensor(xb)
+                    # the loader's batches are contiguous float buffers: share them, don't copy
+                    fast = xb.dtype in _FLOATS and xb.flags.c_contiguous and xb.flags.writeable
+                    xb = _core.from_numpy(xb) if fast else tensor(xb)
                 _core.reset_peak_memory_stats()
                 try:
                     with _policy_context(sampling):
@@ -185,10 +190,10 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                mem = _core.memory_stats()
-                peak, peak_exact = max(peak, mem["peak_tape_bytes"]), max(peak_exact, mem["peak_exact_tape_bytes"])
+                step_peak, step_peak_exact = _core.peak_tape_bytes()
+                peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
                 losses.append(value)
-                labels = _labels(yb)
+                labels = yb if isinstance(yb, np.ndarray) and yb.dtype.kind in "iu" else None
                 if labels is not None and out.ndim == 2:
                     correct += int((out.numpy().argmax(axis=1) == labels).sum())
                 seen += len(xb)

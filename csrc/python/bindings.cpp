@@ -261,6 +261,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("is_grad_enabled", &grad_enabled);
     m.def("memory_stats", &stats_dict);
     m.def("reset_peak_memory_stats", &reset_peak_memory_stats);
+    m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes, mem_stats().peak_exact_tape_bytes); },
+          "(peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).");
     m.def("set_tape_budget", [](const py::object &b) {
         int64_t v = b.is_none() ? -1 : b.cast<int64_t>();
         SPAD_CHECK(b.is_none() || v >= 0, ValueError, "set_tape_budget: budget must be >= 0 bytes or None, got ", v);
