@@ -231,8 +231,9 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                     double mass = 0, u = rs.uniform((uint64_t)(b * k)) * step;
                     for (int64_t j = 0; j < n && t < k; ++j) {
                         mass += std::fabs((double)xb[j]);
+                        const int64_t neg = xb[j] < 0, code = ((j + 1) ^ -neg) + neg;  // ±(j+1), no branch
                         while (t < k && u < mass) {
-                            put(b * k + t, xb[j] < 0 ? -(j + 1) : (j + 1));
+                            put(b * k + t, code);
                             ++t;
                             u = ((double)t + rs.uniform((uint64_t)(b * k + t))) * step;
                         }
