@@ -68,6 +68,10 @@ def formula(name, X, dY, keep):
         return (X.shape[1] - 1) / k * (dW ** 2).sum()
     if name == "different":
         return (X.shape[1] - 1) / k * per.sum()
+    if name == "blocks":  # uniform blocks of b features, kb per example: (n - b)/(kb b)
+        b = S.RAD(keep).layer_block(X.shape[1])
+        kb = k // b
+        return (X.shape[1] - b) / (kb * b) * per.sum()
     if name == "bernoulli":
         return (1 - keep) / keep * per.sum()
     if name == "crs":
@@ -78,7 +82,8 @@ def formula(name, X, dY, keep):
 
 ESTIMATORS = [
     ("same", "RAD same sample (features)", lambda: S.RAD(KEEP, "same", seed=1), 0),
-    ("different", "RAD different sample (features)", lambda: S.RAD(KEEP, "different", seed=2), 0),
+    ("different", "RAD different sample (features)", lambda: S.RAD(KEEP, "different", seed=2, block=1), 0),
+    ("blocks", "RAD different sample, feature blocks (default)", lambda: S.RAD(KEEP, "different", seed=5), 0),
     ("bernoulli", "Bernoulli rows (batch), weight 1/p", lambda: S.CRS(KEEP, rows="bernoulli", seed=3), 0),
     ("crs", "optimal rows CRS, deterministic=0, 1 warm-up step", lambda: S.CRS(KEEP, deterministic=0.0, seed=4), 1),
 ]

@@ -437,3 +437,36 @@ def test_create_graph_through_sampled_payload_raises(layer):
         loss = loss_fn()
     with pytest.raises(RuntimeError, match="create_graph"):
         loss.backward(create_graph=True)
+
+
+def test_rad_blocks_unbiased_with_block_formula():
+    """RAD "different" in blocks of 16 features (the default for wide layers): unbiased, and its
+    variance is (n - b)/k * sum_b ||x_b||^2 ||dy_b||^2, within 10 % at 1500 draws."""
+    rng = np.random.default_rng(21)
+    Bb, n, m = 24, 128, 5
+    X = rng.standard_normal((Bb, n))
+    W = spad.tensor(rng.standard_normal((n, m)) * 0.1, requires_grad=True)
+    Y = rng.standard_normal((Bb, m))
+    x, y = spad.tensor(X), spad.tensor(Y)
+
+    def loss_fn():
+        return F.mse_loss(F.linear(x, W), y)
+
+    pol = S.RAD(0.25, seed=3)  # k = 32 values per example = 2 blocks of 16
+    st = S.estimate_variance(loss_fn, [W], pol, draws=1500)
+    chi2_ok(st, [W])
+    dY = 2 * (X @ W.numpy() - Y) / (Bb * m)
+    want = (n - 16) / 32 * ((X ** 2).sum(1) * (dY ** 2).sum(1)).sum()
+    assert abs(st[0]["variance"] / want - 1) < 0.10, (st[0]["variance"], want)
+    # the same tape bytes as per-feature RAD, which has the larger (n - 1)/k variance
+    for block in (16, 1):
+        with S.use(S.RAD(0.25, block=block)):
+            out = F.linear(x, W).sum()
+        assert spad.memory_stats()["tape_bytes"] == Bb * 32 * 8
+        out.backward()
+
+
+def test_rad_block_validation():
+    for bad in (0, 3, 12, -8, 2.5):
+        with pytest.raises(ValueError):
+            S.RAD(0.1, block=bad)

@@ -147,6 +147,16 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         slot.ctx = site;
         return;
     }
+    if (est == Estimator::RAD_BLOCK) {
+        const int64_t bsz = rad_block_size(c.block, keep_count(c.keep, n));
+        if (bsz > 1) {
+            pack_rad_blocks(*pol, slot, x, bsz);
+            slot.mode = (uint8_t)est;
+            slot.ctx = site;
+            return;
+        }
+        est = Estimator::RAD_DIFF;  // too narrow for blocks
+    }
     Tensor values, aux;
     int64_t k = keep_count(c.keep, n);
     double scale = 1.0;
@@ -444,6 +454,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
     const Estimator est = (Estimator)slot.mode;
     Tensor g = contiguous(g2d);
+    if (est == Estimator::RAD_BLOCK) return rad_block_weight_grad(slot, g, wshape);
     const Tensor &vals = slot.value;
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
     // The per-example estimators write every row of dW themselves; the others accumulate into zeros.

@@ -9,6 +9,8 @@
 //
 // Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B):
 //   RAD_DIFF   per-example uniform feature indices, with replacement, scale n/k
+//   RAD_BLOCK  the same in blocks of `block` consecutive features: variance (n-block)/k * ...,
+//              backward at GEMM-like speed (sampler_block.cpp)
 //   RAD_SAME   feature indices shared by the batch: dW rows = (n/k) x[:,idx]^T dy (GEMM)
 //   PROJECT    Rademacher projection: store x R (B x k), dW = R (xR)^T dy / k
 //   CRS        batch rows: top-C by ||x_b||*||dy_b|| (stale dy) + rest drawn ∝ score, weight 1/(s q_b)
@@ -35,7 +37,7 @@ namespace spad {
 
 enum class PolicyKind : uint8_t { EXACT, RAD, CRS, SPAD };
 enum class Estimator : uint8_t {
-    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG
+    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG, RAD_BLOCK
 };
 
 struct PolicyConfig {
@@ -50,6 +52,7 @@ struct PolicyConfig {
     bool everywhere = false;     // also sample the dx path (research option)
     bool sampled_scores = true;  // SPAD: score from the sampled passes (no exact scoring passes)
     uint64_t seed = 0;
+    int64_t block = 1;           // RAD_BLOCK: features per block
 };
 
 // Per injection site (one per weight tensor) state that persists across steps.

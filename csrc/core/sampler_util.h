@@ -128,5 +128,11 @@ inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64
     for (double &v : site.dy_norm) v = std::sqrt(v);
 }
 
+// RAD different-sample in feature blocks (sampler_block.cpp). rad_block_size() is the
+// block a layer with k kept values per example uses (1: single features).
+int64_t rad_block_size(int64_t block, int64_t k);
+void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
+Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape);
+
 }  // namespace sampling_detail
 }  // namespace spad

@@ -8,6 +8,7 @@
 #include "../core/optim.h"
 #include "../core/rng.h"
 #include "../core/sampler.h"
+#include "../core/sampler_util.h"
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -286,20 +287,21 @@ PYBIND11_MODULE(_core, m) {
         .value("RAD_SAME", Estimator::RAD_SAME).value("PROJECT", Estimator::PROJECT)
         .value("CRS", Estimator::CRS).value("BERNOULLI", Estimator::BERNOULLI)
         .value("SPAD", Estimator::SPAD).value("SPAD_TOPK", Estimator::SPAD_TOPK)
-        .value("SPAD_MAG", Estimator::SPAD_MAG);
+        .value("SPAD_MAG", Estimator::SPAD_MAG).value("RAD_BLOCK", Estimator::RAD_BLOCK);
     py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
         .def(py::init([](PolicyKind kind, Estimator est, double keep, double deterministic, int64_t refresh,
                          bool unbiased, double mix, double ema, bool everywhere, uint64_t seed,
-                         bool sampled_scores) {
+                         bool sampled_scores, int64_t block) {
                  PolicyConfig c;
                  c.kind = kind; c.estimator = est; c.keep = keep; c.deterministic = deterministic;
                  c.refresh = refresh; c.unbiased = unbiased; c.mix = mix; c.ema = ema;
                  c.everywhere = everywhere; c.seed = seed; c.sampled_scores = sampled_scores;
+                 c.block = block;
                  return std::make_shared<Policy>(c);
              }),
              py::arg("kind"), py::arg("estimator"), py::arg("keep"), py::arg("deterministic"), py::arg("refresh"),
              py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"),
-             py::arg("sampled_scores") = true)
+             py::arg("sampled_scores") = true, py::arg("block") = 1)
         .def_readonly("step", &Policy::step)
         .def("scoring_step", &Policy::scoring_step)
         .def("state_bytes", &Policy::state_bytes)
@@ -309,6 +311,8 @@ PYBIND11_MODULE(_core, m) {
             for (const auto &kv : p.sites) out.append(py::array(py::cast(kv.second->score)));
             return out;
         });
+    m.def("rad_block_size", &sampling_detail::rad_block_size, py::arg("block"), py::arg("k"),
+          "Block size RAD(mode='different', block=...) uses for a layer keeping k values per example.");
     m.def("set_active_policy", [](const std::shared_ptr<Policy> &p) { set_active_policy(p); }, py::arg("policy").none(true));
     m.def("active_policy", &active_policy);
 
