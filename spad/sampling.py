@@ -91,7 +91,8 @@ class RAD(Policy):
     """Randomized AD (Oktay et al., ICLR 2021): keep a uniform fraction of each layer input's features.
 
     mode="different": per-example indices (the right choice for MLPs). With ``block=b`` > 1
-    (default 16) each example keeps whole blocks of b consecutive features, drawn uniformly:
+    (default 16) each example keeps whole blocks of b consecutive features, drawn uniformly
+    (the number of blocks nearest to keep*n/b; layers too narrow for two blocks use single features):
     still unbiased, variance (n-b)/k · Σ_b ‖x_b‖²‖dy_b‖² (no more than per-feature RAD's
     (n-1)/k), and a backward pass that runs near GEMM speed. ``block=1`` is the paper's
     per-feature estimator.

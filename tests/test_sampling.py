@@ -440,7 +440,7 @@ def test_create_graph_through_sampled_payload_raises(layer):
 
 
 def test_rad_blocks_unbiased_with_block_formula():
-    """RAD "different" in blocks of 16 features (the default for wide layers): unbiased, and its
+    """RAD "different" in feature blocks (the default for wide layers): unbiased, and its
     variance is (n - b)/k * sum_b ||x_b||^2 ||dy_b||^2, within 10 % at 1500 draws."""
     rng = np.random.default_rng(21)
     Bb, n, m = 24, 128, 5
@@ -452,14 +452,16 @@ def test_rad_blocks_unbiased_with_block_formula():
     def loss_fn():
         return F.mse_loss(F.linear(x, W), y)
 
-    pol = S.RAD(0.25, seed=3)  # k = 32 values per example = 2 blocks of 16
-    st = S.estimate_variance(loss_fn, [W], pol, draws=1500)
-    chi2_ok(st, [W])
     dY = 2 * (X @ W.numpy() - Y) / (Bb * m)
-    want = (n - 16) / 32 * ((X ** 2).sum(1) * (dY ** 2).sum(1)).sum()
-    assert abs(st[0]["variance"] / want - 1) < 0.10, (st[0]["variance"], want)
+    for block in (8, 16):  # k = 32 values per example: 4 blocks of 8 or 2 of 16
+        pol = S.RAD(0.25, seed=3, block=block)
+        assert pol.layer_block(n) == block
+        st = S.estimate_variance(loss_fn, [W], pol, draws=1500)
+        chi2_ok(st, [W])
+        want = (n - block) / 32 * ((X ** 2).sum(1) * (dY ** 2).sum(1)).sum()
+        assert abs(st[0]["variance"] / want - 1) < 0.10, (block, st[0]["variance"], want)
     # the same tape bytes as per-feature RAD, which has the larger (n - 1)/k variance
-    for block in (16, 1):
+    for block in (8, 16, 1):
         with S.use(S.RAD(0.25, block=block)):
             out = F.linear(x, W).sum()
         assert spad.memory_stats()["tape_bytes"] == Bb * 32 * 8

@@ -1,5 +1,6 @@
 // RAD "different sample" in feature blocks: each example keeps kb blocks of `bsz`
-// consecutive input features, drawn uniformly with replacement (scale n_B / kb).
+// consecutive input features, drawn uniformly with replacement (scale n_B / kb), kb*bsz
+// being the multiple of bsz nearest to keep*n.
 //
 // Why blocks: the estimate is unbiased, its variance is (n - bsz)/k * sum_b ||x_b||^2 ||dy_b||^2
 // with k = kb*bsz kept values per example — no larger than per-feature RAD's (n - 1)/k — and
@@ -26,7 +27,8 @@ int64_t rad_block_size(int64_t block, int64_t k) {
 void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz) {
     const int64_t B = x->shape[0], n = x->shape[1];
     const int64_t nb = (n + bsz - 1) / bsz;
-    const int64_t kb = std::min<int64_t>(nb, keep_count(pol.cfg.keep, n) / bsz);  // never more than keep*n values
+    // The nearest whole number of blocks to keep*n values: within bsz/2 values of the budget.
+    const int64_t kb = std::max<int64_t>(1, std::min<int64_t>(nb, (keep_count(pol.cfg.keep, n) + bsz / 2) / bsz));
     RandomStream rs = reserve(pol, (uint64_t)(B * kb));
     Tensor values = zeros({B * kb, bsz}, x->dtype);
     SPAD_FLOAT(x->dtype, T, {
