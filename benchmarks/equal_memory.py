@@ -193,7 +193,7 @@ def report(results, configs, b_eq, budget, t_eq, t_big, steps, seeds, checkpoint
            f"{steps} steps for every run, seeds 0..{seeds - 1} (seed = initial weights, data order and sampler). "
            f"Measured tapes: RAD keep 0.1 at batch 150 holds {budget} B; exact backprop fits that at batch "
            f"**{b_eq}** ({t_eq} B); exact at batch 150 holds {t_big} B. SPAD refresh {REFRESH}, mix 0.1; "
-           "SPAD unbiased scores from its own sampled passes, SPAD biased (top-k, no reweighting) scores on an "
+           "SPAD unbiased follows per-example paths drawn ∝ |x| (no scores needed), SPAD biased (top-k, no reweighting) scores on an "
            "exact pass every refresh, so its peak tape is the exact one. Training loss: mean cross-entropy on a "
            "fixed 10,000-example training subset; test accuracy on the 10,000 test images. "
            f"Total CPU for the study: {cpu / 60:.1f} min.", ""]

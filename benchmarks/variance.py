@@ -152,9 +152,11 @@ def run(quick: bool = False):
                            "bias/SE"], rows), ""]
     srows = [[f"W{i + 1} ({terms[i][0].shape[1]}x{terms[i][1].shape[1]})", f"{v_rad[i]:.4g}", f"{v_spad[i]:.4g}",
               f"{v_spad[i] / v_rad[i]:.3f}"] for i in range(len(weights))]
-    out += [f"**SPAD (unbiased, keep {KEEP}, refresh 50, mix 0.1) vs uniform RAD (keep {KEEP}), same layers and batch.** "
-            f"SPAD's scores come from 50 sampled steps on other training batches (its first refresh), never from the "
-            f"measured batch; {nd} draws each. Tape bytes of one forward: RAD {tapes['RAD']}, SPAD {tapes['SPAD']}.",
+    out += [f"**SPAD (unbiased, keep {KEEP}, default magnitude paths) vs uniform RAD (keep {KEEP}, default "
+            f"blocks), same layers and batch.** SPAD draws each example's paths ∝ |x_bj| in the forward pass (no "
+            f"stale scores; the 50 stream steps before the draws are kept for the scored variant and change nothing "
+            f"here); {nd} draws each. Tape bytes of one forward: RAD {tapes['RAD']}, SPAD {tapes['SPAD']} (each "
+            f"policy rounds keep·n to its payload's unit: RAD to whole feature blocks, SPAD to 2-byte entries).",
             "", benchlib.table(["layer", "RAD variance", "SPAD variance", "SPAD / RAD"], srows), ""]
     return "\n".join(out)
 
