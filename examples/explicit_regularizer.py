@@ -22,6 +22,7 @@ from spad import nn, optim
 from spad.analysis import implicit
 from spad.data import DataLoader
 from spad.datasets import digits_split
+from _figures import pyplot, save
 from spad.train import evaluate, fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,12 +79,8 @@ def main():
         curves[label] = np.mean(curve, axis=0)
         print(f"{name:>16} {lr:6.3f} {np.mean(accs):8.4f}±{np.std(accs):.3f} {np.mean(losses):11.4f} "
               f"{np.mean(sq):14.5f} {np.mean(times):6.1f}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install 'spad[analysis]'): no figure")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for label, c in curves.items():
@@ -91,10 +88,7 @@ def main():
     ax.set(xlabel="epoch", ylabel="test accuracy", title="explicit regularizer at a small learning rate")
     ax.set_ylim(0.9, 1.0)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {os.path.relpath(args.out)}")
+    save(fig, args.out, dpi=120)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from spad import nn, optim
 from spad.analysis import implicit
 from spad.data import DataLoader
 from spad.datasets import digits_split
+from _figures import pyplot, save
 from spad.train import evaluate, fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,13 +74,8 @@ def main():
                          if sum(abs(r * B - lr) < 1e-12 for B in args.batches for r in args.ratios) > 1])
     print(f"mean spread of accuracy across B at fixed ε/B: {spread_ratio:.4f}; at fixed ε: {spread_lr:.4f}")
     print(f"time: {time.perf_counter() - t0:.1f} s")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no figure (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for i, B in enumerate(args.batches):
@@ -90,10 +86,7 @@ def main():
     for a in ax:
         a.grid(alpha=0.3)
         a.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {os.path.relpath(args.out)}")
+    save(fig, args.out, dpi=110)
 
 
 if __name__ == "__main__":

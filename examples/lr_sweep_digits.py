@@ -22,6 +22,7 @@ from spad import nn, optim
 from spad.analysis import implicit
 from spad.data import DataLoader
 from spad.datasets import digits_split
+from _figures import pyplot, save
 from spad.train import evaluate, fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,12 +77,8 @@ def main():
     best = max(rows, key=lambda r: r[1])
     lowest = min(rows, key=lambda r: r[3])
     print(f"best test accuracy at lr={best[0]} ({best[1]:.4f}); lowest training loss at lr={lowest[0]} ({lowest[3]:.4f})")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install 'spad[analysis]'): no figure")
+    plt = pyplot()
+    if plt is None:
         return
     r = np.array(rows)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -91,10 +88,7 @@ def main():
     ax[1].plot(r[:, 0], r[:, 4], marker="s", label="modified loss C + lr/(4m)Σ‖∇Ĉ_k‖²")
     ax[1].set(xscale="log", yscale="log", xlabel="learning rate", title="at the end of training")
     ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {os.path.relpath(args.out)}")
+    save(fig, args.out, dpi=120)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from spad import nn, optim
 from spad.analysis import spectrum as Sp
 from spad.data import DataLoader
 from spad.datasets import digits_split, fashion_mnist
+from _figures import pyplot, save
 from spad.train import evaluate, fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,12 +73,8 @@ def main():
         print(f"  {tag:>5}: KS to MP {ts[tag + '_mp_ks']:.4f}, outliers {ts[tag + '_outliers']}, "
               f"mean spacing ratio {ts[tag + '_ratio']:.3f}, KS of unfolded spacings to Wigner {ts[tag + '_wigner_ks']:.4f}")
     print(f"time: {time.perf_counter() - t0:.1f} s")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install 'spad[analysis]'): no figure")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     for e, label in ((e0, "init"), (e1, "trained")):
@@ -96,10 +93,7 @@ def main():
     ax[2].plot(grid, np.exp(-grid), "k--", label="Poisson")
     ax[2].set(xlabel="unfolded spacing s", ylabel="density", title="teacher–student: level spacings")
     ax[2].legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {os.path.relpath(args.out)}")
+    save(fig, args.out, dpi=120)
 
 
 if __name__ == "__main__":
