@@ -100,13 +100,13 @@ static void set_scores(SiteState &s, const std::vector<double> &sq);
 
 // ---- forward: pack ---------------------------------------------------------------
 template <class T>
-static Tensor gather_cols(const Tensor &x, const std::vector<int64_t> &idx, const double *scale_per) {
+static Tensor gather_cols(const Tensor &x, const std::vector<int64_t> &idx) {
     const int64_t B = x->shape[0], n = x->shape[1], k = (int64_t)idx.size();
     Tensor v = empty({B, k}, x->dtype);
     const T *px = x->data<T>();
     T *pv = v->data<T>();
     for (int64_t b = 0; b < B; ++b)
-        for (int64_t s = 0; s < k; ++s) pv[b * k + s] = px[b * n + idx[s]] * (T)(scale_per ? scale_per[s] : 1.0);
+        for (int64_t s = 0; s < k; ++s) pv[b * k + s] = px[b * n + idx[s]];
     return v;
 }
 
@@ -192,7 +192,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                 rs = reserve(*pol, (uint64_t)k);
                 std::vector<int64_t> idx(k);
                 for (int64_t s = 0; s < k; ++s) idx[s] = rs.below((uint64_t)s, (uint32_t)n);
-                values = gather_cols<T>(x, idx, nullptr);
+                values = gather_cols<T>(x, idx);
                 scale = (double)n / (double)k;
                 break;
             }
@@ -261,7 +261,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                 std::stable_sort(order.begin(), order.end(),
                                  [&](int64_t a, int64_t b) { return site->score[a] > site->score[b]; });
                 order.resize(k);
-                values = gather_cols<T>(x, order, nullptr);
+                values = gather_cols<T>(x, order);
                 aux = index_tensor(order);
                 break;
             }
