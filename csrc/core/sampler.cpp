@@ -338,15 +338,14 @@ static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int3
 }
 #endif
 
-template <class T, class Idx>
+// feat[e]: the input feature of entry e = b*k + s (drawn once by the caller, which may
+// need the same draws again, e.g. to accumulate scores).
+template <class T>
 static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k,
-                             double scale, const Idx &feature_of) {
+                             double scale, const std::vector<int32_t> &feat) {
     const int64_t E = B * k;
-    std::vector<int32_t> feat(E), start(n + 1, 0);
-    for (int64_t e = 0; e < E; ++e) {
-        feat[e] = (int32_t)feature_of(e);
-        start[feat[e] + 1]++;
-    }
+    std::vector<int32_t> start(n + 1, 0);
+    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
     for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
     std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
     for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
@@ -429,13 +428,13 @@ static void rescore(SiteState &s, const Tensor &x_, const Tensor &g_) {
 // v^2 * k q_j * ||dy_b||^2 summed over entries estimates sum_b x_bj^2 ||dy_b||^2.
 template <class T>
 static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B, int64_t k, int64_t m,
-                              const double *q, const FeatureDraw &draw) {
+                              const double *q, const std::vector<int32_t> &feat) {
     if ((int64_t)s.acc.size() != s.n) s.acc.assign(s.n, 0.0);
     for (int64_t b = 0; b < B; ++b) {
         double gn = 0;
         for (int64_t j = 0; j < m; ++j) gn += (double)g[b * m + j] * (double)g[b * m + j];
         for (int64_t t = 0; t < k; ++t) {
-            const int64_t e = b * k + t, i = draw(e);
+            const int64_t e = b * k + t, i = feat[e];
             s.acc[i] += (double)vals[e] * (double)vals[e] * (double)k * q[i] * gn;
         }
     }
@@ -470,9 +469,11 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                 std::unique_ptr<Alias> al;
                 if (est == Estimator::SPAD) al.reset(new Alias(slot.aux->data<double>(), nf));
                 const FeatureDraw draw{est, rs, nf, al.get()};
-                scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, draw);
+                std::vector<int32_t> feat(B * k);
+                for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
+                scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, feat);
                 if (est == Estimator::SPAD && site.cfg.sampled_scores)
-                    accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), draw);
+                    accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), feat);
                 break;
             }
             case Estimator::SPAD_MAG: {
@@ -495,7 +496,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                     feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
                     v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
                 }
-                scatter_features(pw, nf, m, pg, v.data(), B, k, 1.0, [&](int64_t e) { return feat[e]; });
+                scatter_features(pw, nf, m, pg, v.data(), B, k, 1.0, feat);
                 break;
             }
             case Estimator::RAD_SAME:
@@ -519,11 +520,8 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
             }
             case Estimator::CRS:
             case Estimator::BERNOULLI: {
-                const int64_t *rows = slot.aux->data<int64_t>();
-                Tensor gs = empty({k, m}, g->dtype);
-                T *ps = gs->data<T>();
-                for (int64_t r = 0; r < k; ++r) std::copy(pg + rows[r] * m, pg + rows[r] * m + m, ps + r * m);
-                gemm(true, false, nf, m, k, T(1), pv, nf, ps, m, T(0), pw, m);
+                Tensor gs = gather_rows(g, m, slot.aux, {k, m});
+                gemm(true, false, nf, m, k, T(1), pv, nf, gs->data<T>(), m, T(0), pw, m);
                 if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step
                 break;
             }

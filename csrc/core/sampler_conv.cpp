@@ -75,12 +75,7 @@ Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const
     const Tensor &vals = slot.value;
     if (est == Estimator::CRS || est == Estimator::BERNOULLI) {
         const int64_t s = slot.k;
-        const int64_t *rows = slot.aux->data<int64_t>();
-        Tensor gs = empty({s, geom.O, geom.Ho, geom.Wo}, g->dtype);
-        SPAD_FLOAT(g->dtype, T, {
-            for (int64_t r = 0; r < s; ++r)
-                std::copy(g->data<T>() + rows[r] * Q, g->data<T>() + (rows[r] + 1) * Q, gs->data<T>() + r * Q);
-        });
+        Tensor gs = gather_rows(g, Q, slot.aux, {s, geom.O, geom.Ho, geom.Wo});
         if (est == Estimator::CRS)  // stale ||dy_n|| for the next step's scores
             remember_dy_norms(*std::static_pointer_cast<SiteState>(slot.ctx), g, N, Q);
         ConvGeom sub = geom;

@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "rng.h"
@@ -120,6 +121,18 @@ inline Tensor weighted_rows(const Tensor &x, int64_t F, const std::vector<int64_
             for (int64_t j = 0; j < F; ++j) pv[(int64_t)r * F + j] = px[rows[r] * F + j] * (T)w[r];
     });
     return v;
+}
+
+// The rows `rows` (int64) of t (rows of F contiguous values), stacked in `shape`.
+inline Tensor gather_rows(const Tensor &t, int64_t F, const Tensor &rows, Shape shape) {
+    Tensor out = empty(shape, t->dtype);
+    const int64_t *pr = rows->data<int64_t>();
+    const size_t es = dtype_size(t->dtype);
+    const char *src = static_cast<const char *>(t->raw());
+    char *dst = static_cast<char *>(out->raw());
+    for (int64_t r = 0, e = rows->numel(); r < e; ++r)
+        std::memcpy(dst + (size_t)(r * F) * es, src + (size_t)(pr[r] * F) * es, (size_t)F * es);
+    return out;
 }
 
 // Stale ||dy_r|| for the next step's CRS scores (g: R rows of F values).
