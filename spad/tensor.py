@@ -44,6 +44,13 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
     numpy float arrays keep their dtype; lists, Python numbers and integer data become
     float32 unless ``dtype`` says otherwise.
     """
+    if (type(data) is np.ndarray and dtype is None and copy is None and data.dtype in _FLOATS
+            and data.flags.c_contiguous and data.flags.writeable):
+        # the common case (a float batch buffer) skips the general conversion below
+        t = _core.from_numpy(data)
+        if requires_grad:
+            t.requires_grad = True
+        return t
     want = _dtype(dtype)
     if isinstance(data, Tensor):
         data = data.numpy()

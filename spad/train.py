@@ -11,6 +11,7 @@ of an epoch, reset before each forward, so it is the true per-step high-water ma
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -80,8 +81,6 @@ class Regularizer:
         return loss
 
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 def _labels(y) -> Optional[np.ndarray]:
     a = y if isinstance(y, np.ndarray) else None
@@ -120,9 +119,12 @@ def evaluate(model, X, y, loss_fn: Optional[Callable] = None, batch_size: int = 
     return res
 
 
+_EXACT = contextlib.nullcontext()  # reusable: exact training enters it every step
+
+
 def _policy_context(sampling):
     if sampling is None:
-        return contextlib.nullcontext()
+        return _EXACT
     from . import sampling as S  # lazily: the sampling module is optional for exact training
 
     return S.use(sampling)
@@ -168,9 +170,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
             t0 = time.perf_counter()
             for step, (xb, yb) in enumerate(train_loader):
                 if isinstance(xb, np.ndarray):
-                    # the loader's batches are contiguous float buffers: share them, don't copy
-                    fast = xb.dtype in _FLOATS and xb.flags.c_contiguous and xb.flags.writeable
-                    xb = _core.from_numpy(xb) if fast else tensor(xb)
+                    xb = tensor(xb)  # the loader's contiguous float buffers are shared, not copied
                 _core.reset_peak_memory_stats()
                 try:
                     with _policy_context(sampling):
@@ -179,7 +179,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                         if regularizer is not None:
                             loss = regularizer.add(loss, lambda: loss_fn(model(xb), yb), params)
                     value = loss.item()
-                    if not np.isfinite(value):
+                    if not math.isfinite(value):
                         raise NonFiniteLossError(f"loss is {value}")
                 except (ValueError, FloatingPointError) as e:
                     if isinstance(e, NonFiniteLossError) or "NaN or inf" in str(e):
@@ -193,7 +193,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 step_peak, step_peak_exact = _core.peak_tape_bytes()
                 peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
                 losses.append(value)
-                labels = yb if isinstance(yb, np.ndarray) and yb.dtype.kind in "iu" else None
+                labels = _labels(yb)
                 if labels is not None and out.ndim == 2:
                     correct += int((out.numpy().argmax(axis=1) == labels).sum())
                 seen += len(xb)
