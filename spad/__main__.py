@@ -3,6 +3,7 @@
     python -m spad demo
     python -m spad train --dataset digits --model mlp --sampling exact --epochs 20
     python -m spad train --dataset fashion-mnist --hidden 512,512 --optimizer adam --lr 1e-3
+    mpiexec -n 2 python -m spad train --dataset fashion-mnist --distributed --batch-size 32
 """
 from __future__ import annotations
 
@@ -23,16 +24,16 @@ from .train import evaluate, fit
 
 
 _SPECS = {
-    "rad": lambda keep: S.RAD(keep=keep),
-    "rad-same": lambda keep: S.RAD(keep=keep, mode="same"),
-    "rad-project": lambda keep: S.RAD(keep=keep, mode="project"),
-    "crs": lambda keep: S.CRS(keep=keep),
-    "spad": lambda keep: S.SPAD(keep=keep),
-    "spad-biased": lambda keep: S.SPAD(keep=keep, unbiased=False),
+    "rad": lambda keep, seed: S.RAD(keep=keep, seed=seed),
+    "rad-same": lambda keep, seed: S.RAD(keep=keep, mode="same", seed=seed),
+    "rad-project": lambda keep, seed: S.RAD(keep=keep, mode="project", seed=seed),
+    "crs": lambda keep, seed: S.CRS(keep=keep, seed=seed),
+    "spad": lambda keep, seed: S.SPAD(keep=keep, seed=seed),
+    "spad-biased": lambda keep, seed: S.SPAD(keep=keep, unbiased=False, seed=seed),
 }
 
 
-def parse_sampling(spec: str):
+def parse_sampling(spec: str, seed: int = 0):
     """A policy from a command-line spec: "exact" -> None (exact backprop); "<name>:<keep>"
     with name in rad, rad-same, rad-project, crs, spad, spad-biased, e.g. "spad:0.1"."""
     name, _, arg = spec.strip().lower().partition(":")
@@ -45,7 +46,18 @@ def parse_sampling(spec: str):
         keep = float(arg)
     except ValueError:
         raise ValueError(f"sampling spec {spec!r}: keep must be a number in (0, 1]") from None
-    return _SPECS[name](keep)
+    return _SPECS[name](keep, seed)
+
+
+def _rank_sampling(spec: str, rank: int):
+    """The policy of ``spec`` for one rank. RAD "same" keeps the same features for the whole batch:
+    every rank uses the seed, so all draw the same rows and only those rows are all-reduced
+    (spad.distributed). Per-example estimators draw per row: each rank offsets the seed, so its rows
+    draw independently of the other ranks' (as one process's rows would), and their gradients go dense."""
+    pol = parse_sampling(spec)
+    if pol is None or getattr(pol, "mode", None) == "same":
+        return pol
+    return parse_sampling(spec, seed=rank)
 
 
 # The demo's rows: (name, factory returning a policy or None).
@@ -86,16 +98,24 @@ def build_optimizer(name: str, params, lr: float, momentum: float):
 
 
 def run(dataset="digits", model="mlp", hidden=(256, 256), sampling=None, epochs=20, batch_size=32, lr=0.1,
-        optimizer="sgd", momentum=0.0, order="reshuffle", seed=0, progress=True, data=None):
-    """Train once; returns (model, history, test metrics, seconds)."""
+        optimizer="sgd", momentum=0.0, order="reshuffle", seed=0, progress=True, data=None, distributed=False):
+    """Train once; returns (model, history, test metrics, seconds). ``distributed``: this process is
+    one rank of an MPI job (spad.distributed.init() done); ``batch_size`` is then per rank."""
     Xtr, ytr, Xte, yte = data if data is not None else load_dataset(dataset, seed)
     net = build_model(model, Xtr.shape[1], int(ytr.max()) + 1, list(hidden), seed)
     opt = build_optimizer(optimizer, net.parameters(), lr, momentum)
+    rank, world, score = 0, 1, evaluate
+    if distributed:
+        from . import distributed as D
+
+        rank, world, score = D.rank(), D.size(), D.evaluate
+        D.broadcast_parameters(net)
+        opt = D.DistributedOptimizer(opt)
+    loader = DataLoader(Xtr, ytr, batch_size, order=order, seed=seed, rank=rank, world_size=world)
     t0 = time.perf_counter()
-    hist = fit(net, F.cross_entropy, DataLoader(Xtr, ytr, batch_size, order=order, seed=seed), opt, epochs,
-               sampling=sampling, progress=progress)
+    hist = fit(net, F.cross_entropy, loader, opt, epochs, sampling=sampling, progress=progress)
     secs = time.perf_counter() - t0
-    return net, hist, evaluate(net, Xte, yte, F.cross_entropy), secs
+    return net, hist, score(net, Xte, yte, F.cross_entropy), secs
 
 
 def demo(epochs: int = 20, threads: Optional[int] = 1) -> str:
@@ -133,19 +153,33 @@ def main(argv=None) -> int:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--save", default=None, help="write the trained parameters to this .npz file")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--distributed", action="store_true",
+                   help="data parallel over MPI ranks (run under mpiexec; needs pip install 'spad[distributed]'); "
+                        "--batch-size is per rank; only rank 0 prints and saves")
     a = ap.parse_args(argv)
+    rank, D = 0, None
     try:
         if a.cmd == "demo":
             print(demo(a.epochs, a.threads))
             return 0
         if a.threads:
             _core.set_num_threads(a.threads)
+        if a.distributed:
+            from . import distributed as D  # noqa: N812
+
+            D.init()
+            rank = D.rank()
         hidden = [int(h) for h in a.hidden.split(",") if h.strip()]
-        net, hist, res, secs = run(a.dataset, a.model, hidden, parse_sampling(a.sampling), a.epochs, a.batch_size, a.lr,
-                              a.optimizer, a.momentum, a.order, a.seed, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+        net, hist, res, secs = run(a.dataset, a.model, hidden, _rank_sampling(a.sampling, rank), a.epochs,
+                                   a.batch_size, a.lr, a.optimizer, a.momentum, a.order, a.seed,
+                                   progress=not a.no_progress, distributed=a.distributed)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if D is not None and D.is_initialized():
+            D.abort(2)  # a lone failing rank must not leave the others waiting in a collective
         return 2
+    if rank != 0:
+        return 0
     if a.save:
         net.save(a.save)
     print(f"test accuracy {res['accuracy']:.4f}  test loss {res['loss']:.4f}  "

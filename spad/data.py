@@ -13,6 +13,16 @@ Batches are gathered into reused contiguous buffers (``np.take(..., out=)``), so
 valid until the next one is drawn; copy it to keep it. Each refill bumps the buffer's
 storage version, so a tape that still holds an old batch fails loudly instead of
 computing gradients with the new one.
+
+Data parallel (``rank=r, world_size=W``): every rank draws the same global order (same seed)
+and splits it into global batches of ``W*batch_size`` rows; rank r takes rows
+``[r*batch_size, (r+1)*batch_size)`` of each, so W ranks at ``batch_size`` b see exactly the
+batches one process sees at ``W*b``. The tail (a last global batch of t < W*b rows, without
+drop_last) is split the same way on every rank: rank r takes rows ``[r*t//W, (r+1)*t//W)``, so
+shares differ by at most one row (averaged gradients then weight each rank's rows equally, not
+each row: a small difference from the one-process batch); when t < W some rank would get no row,
+so that tail is dropped on every rank. Every rank thus runs ``len(loader)`` steps, which the
+gradient all-reduce needs.
 """
 from __future__ import annotations
 
@@ -33,7 +43,7 @@ class DataLoader:
     """
 
     def __init__(self, X: Any, y: Any, batch_size: int, order: str = "reshuffle", seed: int = 0,
-                 drop_last: bool = False, dtype: Any = np.float32):
+                 drop_last: bool = False, dtype: Any = np.float32, rank: int = 0, world_size: int = 1):
         X, y = np.asarray(X), np.asarray(y)
         if X.ndim == 0 or len(X) == 0:
             raise ValueError(f"DataLoader: empty data (X has shape {X.shape})")
@@ -48,31 +58,50 @@ class DataLoader:
         if X.dtype.kind == "f" and not np.isfinite(X).all():
             bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
             raise ValueError(f"DataLoader: X contains NaN or inf in {len(bad)} examples (first: index {bad[0]})")
+        if not isinstance(world_size, (int, np.integer)) or isinstance(world_size, bool) or world_size < 1:
+            raise ValueError(f"DataLoader: world_size must be a positive integer, got {world_size!r}")
+        if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank < world_size:
+            raise ValueError(f"DataLoader: rank must be an integer in [0, {world_size}), got {rank!r}")
         n = len(X)
-        if drop_last and batch_size > n:
-            raise ValueError(f"DataLoader: batch_size {batch_size} > {n} examples with drop_last=True leaves no batch")
         self.X = np.ascontiguousarray(X, dtype=dtype)  # one copy up front, if any
         self.labels = y.dtype.kind in "iub"
         self.y = np.ascontiguousarray(y, dtype=np.int64 if self.labels else dtype)
         self.batch_size, self.order, self.drop_last, self.seed = int(batch_size), order, drop_last, seed
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch = self.batch_size * self.world_size
+        if len(self) == 0:
+            what = f"batch_size {batch_size}" + (f" x world_size {world_size}" if world_size > 1 else "")
+            raise ValueError(f"DataLoader: {what} > {n} examples with drop_last=True leaves no batch" if drop_last
+                             else f"DataLoader: {n} examples cannot give each of {world_size} ranks a row")
         self.rng = np.random.default_rng(seed)
         if order == "fixed":
             self.partition = self._split(self.rng.permutation(n))
         self._buffers: Dict[int, Tuple[np.ndarray, Any, np.ndarray, Any]] = {}
 
     def __len__(self) -> int:
-        n, b = len(self.X), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        n, b = len(self.X), self.global_batch
+        tail = n % b
+        return n // b + (1 if tail and not self.drop_last and tail >= self.world_size else 0)
 
     def _split(self, idx: np.ndarray) -> List[np.ndarray]:
-        b = self.batch_size
+        b, W = self.global_batch, self.world_size
         parts = [idx[i:i + b] for i in range(0, len(idx), b)]
-        if self.drop_last and len(parts[-1]) < b:
+        if len(parts[-1]) < b and (self.drop_last or len(parts[-1]) < W):
             parts.pop()
         return parts
 
-    def epoch_indices(self) -> List[np.ndarray]:
-        """The index arrays of the next epoch (advances the loader's generator)."""
+    def _local(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global batch (see the module notes)."""
+        W, r = self.world_size, self.rank
+        if W == 1:
+            return batch
+        t = len(batch)
+        if t == self.global_batch:
+            return batch[r * self.batch_size:(r + 1) * self.batch_size]
+        return batch[r * t // W:(r + 1) * t // W]
+
+    def global_epoch_indices(self) -> List[np.ndarray]:
+        """The global batches of the next epoch, identical on every rank (advances the generator)."""
         n = len(self.X)
         if self.order == "sequential":
             return self._split(np.arange(n))
@@ -80,10 +109,14 @@ class DataLoader:
             return self._split(self.rng.permutation(n))
         if self.order == "fixed":
             return [self.partition[i] for i in self.rng.permutation(len(self.partition))]
-        sizes = [self.batch_size] * len(self)
-        if not self.drop_last and n % self.batch_size:
-            sizes[-1] = n % self.batch_size
+        sizes = [self.global_batch] * len(self)
+        if len(self) * self.global_batch > n:
+            sizes[-1] = n % self.global_batch
         return [self.rng.integers(0, n, s) for s in sizes]
+
+    def epoch_indices(self) -> List[np.ndarray]:
+        """This rank's index arrays of the next epoch (advances the loader's generator)."""
+        return [self._local(b) for b in self.global_epoch_indices()]
 
     def _buffer(self, size: int):
         if size not in self._buffers:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -130,6 +131,14 @@ def _policy_context(sampling):
     return S.use(sampling)
 
 
+def _world():
+    """spad.distributed when this process is one of several MPI ranks, else None. Then only rank 0
+    shows progress, epoch metrics are averaged over ranks and validation is split across them, so
+    every rank's History (and early-stopping decision) is the same."""
+    D = sys.modules.get("spad.distributed")
+    return D if D is not None and D.is_initialized() and D.size() > 1 else None
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -161,7 +170,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
         raise ValueError("fit: early_stopping needs a validation set (val=(X_val, y_val))")
     params = model.parameters()
     hist = History()
-    bar = _progress(epochs, progress)
+    world = _world()
+    bar = _progress(epochs, progress and (world is None or world.rank() == 0))
     if hasattr(model, "train"):
         model.train()
     try:
@@ -201,6 +211,9 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
+            if world is not None:  # every rank runs the same number of steps (spad.data)
+                tot = world.allreduce_sum([sum(losses), len(losses), correct, seen])
+                losses, correct, seen = [tot[0] / max(tot[1], 1)] if tot[1] else [], int(tot[2]), int(tot[3])
             hist.loss.append(float(np.mean(losses)) if losses else float("nan"))
             if seen and _labels(yb) is not None:
                 hist.accuracy.append(correct / seen)
@@ -209,7 +222,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
             hist.step_time.append(t_total / max(steps, 1))
             postfix = {"loss": f"{hist.loss[-1]:.4f}"}
             if val is not None:
-                res = evaluate(model, val[0], val[1], loss_fn)
+                res = (evaluate if world is None else world.evaluate)(model, val[0], val[1], loss_fn)
                 hist.val_loss.append(res["loss"])
                 if "accuracy" in res:
                     hist.val_accuracy.append(res["accuracy"])
