@@ -200,12 +200,25 @@ def broadcast_parameters(params, root: int = 0) -> None:
         _core.bump_version(p)
 
 
+def _nonzero_rows(g: np.ndarray) -> np.ndarray:
+    """Which rows of g hold a non-zero. A row whose first entry is non-zero needs no further look,
+    so a dense gradient costs one column read; only rows starting with 0 are scanned whole."""
+    g2 = g.reshape(g.shape[0], -1)
+    m = g2[:, 0] != 0
+    rest = np.flatnonzero(~m)
+    if rest.size:
+        m[rest] = np.any(g2[rest] != 0, axis=1)
+    return m
+
+
 class DistributedOptimizer:
     """Wraps an optimizer: ``step()`` first averages every parameter's gradient over the ranks
     (in place, Allreduce on contiguous buffers), then runs the wrapped update. Everything else
     (``lr``, ``state``, ``zero_grad``, schedules, state dicts) reaches the wrapped optimizer.
 
-    ``bucket_bytes``: gradients are fused into buckets of about this size (fewer, larger calls).
+    ``bucket_bytes``: small gradients (and the gathered rows of row-sparse ones) are fused into
+    buckets of at most this size (fewer calls); a dense gradient of ``inplace_bytes`` or more is
+    reduced where it lies, in one call, with no copy.
     ``sparse_rows``: send only the rows that are non-zero on some rank (see Note [Row-sparse
     all-reduce]); a gradient whose union of such rows exceeds ``sparse_threshold`` of its rows goes
     dense. ``policy``: the sampling policy the ranks share; its seed and step are then checked to
@@ -216,15 +229,15 @@ class DistributedOptimizer:
     fires when that gradient is complete, in the same parameter order on every rank."""
 
     def __init__(self, optimizer, bucket_bytes: int = 4 << 20, sparse_rows: bool = True,
-                 sparse_threshold: float = 0.5, policy=None):
+                 sparse_threshold: float = 0.5, policy=None, inplace_bytes: int = 1 << 16):
         if not 0.0 <= sparse_threshold <= 1.0:
             raise ValueError(f"DistributedOptimizer: sparse_threshold must be in [0, 1], got {sparse_threshold}")
         if int(bucket_bytes) <= 0:
             raise ValueError(f"DistributedOptimizer: bucket_bytes must be > 0, got {bucket_bytes}")
         d = self.__dict__  # plain attributes here; everything else forwards to the wrapped optimizer
         d["optimizer"] = optimizer
-        d["bucket_bytes"], d["sparse_rows"], d["sparse_threshold"] = int(bucket_bytes), bool(sparse_rows), \
-            float(sparse_threshold)
+        d["bucket_bytes"], d["inplace_bytes"] = int(bucket_bytes), int(inplace_bytes)
+        d["sparse_rows"], d["sparse_threshold"] = bool(sparse_rows), float(sparse_threshold)
         d["policy"] = policy
         d["last_elements"] = (0, 0)  # (elements sent, elements of the reduced gradients) at the last reduction
         d["_bufs"] = {}
@@ -288,7 +301,7 @@ class DistributedOptimizer:
             header = np.array([self.policy.seed, self.policy.step], np.int64).tobytes()
         if not cand and not header:
             return [None] * len(grads)
-        masks = [np.packbits(np.any(grads[j].reshape(grads[j].shape[0], -1) != 0, axis=1)) for j in cand]
+        masks = [np.packbits(_nonzero_rows(grads[j])) for j in cand]
         flat = np.concatenate([np.frombuffer(header, np.uint8)] + masks)
         both = np.concatenate([flat, ~flat])  # OR of x and of ~x: union, and the complement of the intersection
         _allreduce(w, both, op=w.MPI.BOR)
@@ -308,10 +321,14 @@ class DistributedOptimizer:
         return out
 
     def _buckets(self, grads, pieces):
+        """Large dense gradients alone (reduced in place); the rest packed in parameter order."""
         bucket, nbytes, dtype = [], 0, None
         for piece in pieces:
             g = grads[piece[0]]
             b = piece[2] * g.itemsize
+            if piece[1] is None and b >= self.inplace_bytes:
+                yield [piece]
+                continue
             if bucket and (g.dtype != dtype or nbytes + b > self.bucket_bytes):
                 yield bucket
                 bucket, nbytes = [], 0
