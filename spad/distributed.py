@@ -346,6 +346,8 @@ class DistributedOptimizer:
             return
         dtype = grads[bucket[0][0]].dtype
         total = sum(n for _, _, n in bucket)
+        if total == 0:  # only gradients that are zero on every rank: nothing to send
+            return
         key = (dtype.str, total)
         buf = self._bufs.get(key)
         if buf is None:
@@ -364,7 +366,7 @@ class DistributedOptimizer:
             if r is None:
                 g.reshape(-1)[:] = buf[off:off + n]
             else:
-                g.reshape(g.shape[0], -1)[r] = buf[off:off + n].reshape(len(r), -1)
+                g.reshape(g.shape[0], -1)[r] = buf[off:off + n].reshape(len(r), g.size // g.shape[0])
             off += n
 
 

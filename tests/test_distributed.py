@@ -153,6 +153,10 @@ def test_mismatched_parameters_fail_at_broadcast_on_every_rank():
     _run_case("mismatch")
 
 
+def test_row_sparse_edge_cases_average_correctly():
+    _run_case("rows")
+
+
 def test_fit_on_two_ranks_agrees_everywhere():
     _run_case("fit")
 
@@ -240,6 +244,38 @@ def case_mismatch():
     except TypeError as e:
         assert "'parameter 0' has dtype float64 on rank 1 but float32 on root rank 0" in str(e), str(e)
     D.barrier()  # nothing is left half-done: the world still works
+
+
+def case_rows():
+    """Row-sparse reduction against the dense mean: rows non-zero on one rank only, a gradient zero
+    everywhere, a missing gradient on one rank, ranks disagreeing (union), and a dense fallback."""
+    r = D.rank()
+    shapes = [(40, 3), (40, 3), (40, 3), (8,), (40, 5), (6, 2, 2)]
+    ps = [spad.zeros(s, requires_grad=True) for s in shapes]
+    rng = np.random.default_rng(100 + r)
+    g = [np.zeros(s, np.float32) for s in shapes]
+    g[0][[1, 7, 30]] = rng.standard_normal((3, 3))               # the same rows on both ranks
+    g[1][[2, 9] if r == 0 else [9, 11]] = rng.standard_normal((2, 3))  # disagreeing rows: the union travels
+    g[3][:] = rng.standard_normal(8)                              # 1-d: always dense
+    g[4][:] = rng.standard_normal((40, 5))                        # dense rows: falls back to dense
+    g[5][1] = rng.standard_normal((2, 2))
+    # g[2] stays zero on both ranks: nothing to send
+    for i, p in enumerate(ps):
+        if not (i == 5 and r == 1):  # parameter 5 has no gradient on rank 1 (counts as zero)
+            p.grad = spad.tensor(g[i])
+    if r == 1:
+        g[5][:] = 0
+    everyone = D._world.comm.allgather(g)
+    want = [(a + b) / 2 for a, b in zip(*everyone)]
+    opt = D.DistributedOptimizer(optim.SGD(ps, 0.1))
+    D.reset_stats()
+    opt.synchronize()
+    for i, (p, w) in enumerate(zip(ps, want)):
+        np.testing.assert_allclose(p.grad.numpy(), w, rtol=1e-6, atol=0, err_msg=f"parameter {i}")
+    sent, total = opt.last_elements
+    assert sent == (3 + 3) * 3 + 8 + 40 * 5 + 1 * 4, (sent, total)  # rows 1,7,30 | 2,9,11 | - | 8 | 40x5 | row 1
+    dense = sum(int(np.prod(s)) for s in shapes)
+    assert total == dense and D.stats()["allreduce_calls"] >= 2
 
 
 def case_fit():
