@@ -11,6 +11,9 @@ The 2-rank worker also measures: exact vs RAD(mode="same", keep=0.1, shared seed
 per step, and a bare Allreduce of the W2 gradient (bandwidth) and of 8 bytes (latency). The 1-rank
 worker times the step's compute at smaller per-rank batches, for the strong-scaling estimate.
 On a shared machine the 2-rank figure is pessimistic (both cores must be free); rerun it quiet.
+MPICH's algorithm choice passes through the environment, e.g.
+``MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM=recursive_doubling python benchmarks/bench_distributed.py``
+(one exchange of the whole buffer: the cheapest all-reduce for 2 ranks, not for many).
 """
 from __future__ import annotations
 
@@ -123,6 +126,7 @@ def main() -> None:
             print(json.dumps(res), flush=True)
         return
     one, two = [], []
+    load0 = f"{os.getloadavg()[0]:.1f}"
     for r in range(a.rounds):  # interleaved, so machine load hits both alike
         one.append(_launch(1, a.steps, a.warmup))
         two.append(_launch(2, a.steps, a.warmup))
@@ -139,14 +143,19 @@ def main() -> None:
     bw = gbytes / max(full - 2 * lat, 1e-9)  # inverting _ring(gbytes, 2, bw, lat) = gbytes/bw + 2 lat
     compute = {int(b): med([o["compute_at"][b] for o in one]) for b in one[0]["compute_at"]}
     compute[GLOBAL_BATCH] = t1
-    print(f"\nCPU: {benchlib.cpu_model()}; {a.rounds} rounds x {a.steps} steps; medians")
+    cvars = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MPIR_CVAR_"))
+    print(f"\nCPU: {benchlib.cpu_model()}; {a.rounds} rounds x {a.steps} steps; medians; "
+          f"load average before/after {load0} / {os.getloadavg()[0]:.1f}; MPI cvars: {cvars or 'defaults'}")
     print("| W2 784-1024-1024-10, global batch 256 | step ms | all-reduce ms/step | all-reduce bytes/step |")
     print("|---|---|---|---|")
     print(f"| 1 rank, batch 256 | {1e3 * t1:.1f} | - | - |")
     print(f"| 2 ranks x 128, exact | {1e3 * t2:.1f} | {1e3 * comm2:.2f} | {b_exact:,.0f} |")
     print(f"| 2 ranks x 128, RAD same keep 0.1 (shared seed) | {1e3 * t_rad:.1f} | {1e3 * comm_rad:.2f} | "
           f"{b_rad:,.0f} |")
-    print(f"\n2-rank / 1-rank step (exact): {ratio:.3f} (bar <= 0.7)")
+    best = min(t["exact"]["step"] / o["exact"]["step"] for o, t in zip(one, two))
+    model = (compute[128] + full) / t1
+    print(f"\n2-rank / 1-rank step (exact): median {ratio:.3f}, best round {best:.3f} (bar <= 0.7); "
+          f"compute(128) + bare all-reduce over compute(256): {model:.3f}")
     print(f"all-reduce bytes RAD same keep 0.1 / exact: {b_rad / b_exact:.4f} (bar <= 0.15)")
     print(f"bare Allreduce of the W2 gradient ({gbytes:,d} B): {1e3 * full:.2f} ms -> ring bus bandwidth "
           f"{bw / 1e9:.2f} GB/s; 8-byte Allreduce {1e6 * lat:.1f} us")

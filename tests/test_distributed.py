@@ -243,6 +243,18 @@ def case_mismatch():
         raise AssertionError("no error for mismatched dtypes")
     except TypeError as e:
         assert "'parameter 0' has dtype float64 on rank 1 but float32 on root rank 0" in str(e), str(e)
+    # a sampling policy whose seed differs across ranks: the optimizer refuses on every rank
+    net = nn.mlp([20, 16, 3], seed=0)
+    policy = S.RAD(keep=0.25, mode="same", seed=r)
+    opt = D.DistributedOptimizer(optim.SGD(net.parameters(), 0.1), policy=policy)
+    with S.use(policy):
+        loss = F.cross_entropy(net(spad.ones((4, 20))), np.array([0, 1, 2, 0]))
+    loss.backward()
+    try:
+        opt.step()
+        raise AssertionError("no error for different policy seeds")
+    except RuntimeError as e:
+        assert "disagree on the sampling policy's seed or step" in str(e), str(e)
     D.barrier()  # nothing is left half-done: the world still works
 
 
