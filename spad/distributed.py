@@ -295,7 +295,8 @@ class DistributedOptimizer:
 
     def _sparse_rows(self, w: _World, grads: List[np.ndarray]) -> List[Optional[np.ndarray]]:
         """Per gradient: the rows to send (sorted), or None for dense (Note [Row-sparse all-reduce])."""
-        cand = [j for j, g in enumerate(grads) if g.ndim >= 2 and g.shape[0] > 1] if self.sparse_rows else []
+        cand = [j for j, g in enumerate(grads) if g.ndim >= 2 and g.shape[0] > 1 and g.size] \
+            if self.sparse_rows else []
         header = b""
         if self.policy is not None:
             header = np.array([self.policy.seed, self.policy.step], np.int64).tobytes()
