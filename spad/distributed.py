@@ -69,7 +69,7 @@ def init(comm: Any = None, abort_on_error: bool = True) -> None:
     global _world
     try:
         from mpi4py import MPI
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # RuntimeError: mpi4py present but no MPI library to load
         raise ImportError(f"{INSTALL_HINT} ({e})") from e
     _world = _World(comm if comm is not None else MPI.COMM_WORLD, MPI)
     if abort_on_error and getattr(sys.excepthook, "_spad_abort", None) is None:
