@@ -28,6 +28,9 @@ def _labels(labels: Any) -> Tensor:
             arr = arr.astype(np.int64)  # integral floats (e.g. labels held in a float tensor)
         else:
             raise TypeError(f"cross_entropy: labels must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        # the int64 cast would wrap 2**64-1 to -1 and report a label that was never passed
+        raise ValueError(f"cross_entropy: label {int(arr.max())} is out of range")
     return _core.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
 

@@ -47,7 +47,7 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
     if (type(data) is np.ndarray and dtype is None and copy is None and data.dtype in _FLOATS
             and data.flags.c_contiguous and data.flags.writeable):
         # the common case (a float batch buffer) skips the general conversion below
-        t = _core.from_numpy(data)
+        t = _core.from_numpy(data, True)
         if requires_grad:
             t.requires_grad = True
         return t
@@ -58,8 +58,9 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
     arr = np.asarray(data)
     if want is None:
         # numpy float data keeps its dtype; Python numbers and lists become float32 (the default)
-        keep = arr.dtype in _FLOATS and isinstance(data, (np.ndarray, np.generic))
-        want = arr.dtype if keep else np.dtype(np.float32)
+        # (a non-native byte order, e.g. '>f8', keeps its width and is converted to native)
+        keep = arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and isinstance(data, (np.ndarray, np.generic))
+        want = arr.dtype.newbyteorder("=") if keep else np.dtype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
     needs_copy = (
@@ -75,7 +76,7 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
         )
     if copy or needs_copy:
         arr = np.array(arr, dtype=want, copy=True, order="C")
-    t = _core.from_numpy(arr)
+    t = _core.from_numpy(arr, not (copy or needs_copy))  # guard writes to the caller's array
     if requires_grad:
         t.requires_grad = True
     return t
@@ -89,7 +90,7 @@ def from_numpy(array: np.ndarray) -> Tensor:
     if array.dtype not in _FLOATS:
         raise TypeError(f"from_numpy: unsupported dtype {array.dtype}; expected float32 or float64; "
                         "use spad.tensor(x, dtype=...) to convert explicitly")
-    return _core.from_numpy(array)
+    return _core.from_numpy(array, True)
 
 
 def _make(values: np.ndarray, requires_grad: bool) -> Tensor:
@@ -134,10 +135,18 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 def manual_seed(seed: int) -> None:
     """Seed the global counter-based RNG used by dropout and the samplers, so a run
     (masks, sampled paths) is reproducible. Does not affect ``randn(seed=...)``."""
-    seed = int(seed)
-    if seed < 0:
-        raise ValueError(f"manual_seed: seed must be >= 0, got {seed}")
+    seed = _seed("manual_seed", seed)
     _core.manual_seed(seed)
+
+
+def _seed(who: str, seed: Any) -> int:
+    """A seed: an integer in [0, 2**64) (the RNG's state); a clear error otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{who}: seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{who}: seed must be in [0, 2**64), got {seed}")
+    return seed
 
 
 def is_grad_enabled() -> bool:

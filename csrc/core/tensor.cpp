@@ -77,7 +77,13 @@ Tensor empty(const Shape &shape, DType dt) {
     for (int64_t d : shape)
         SPAD_CHECK(d >= 0, ValueError, "negative dimension in shape ", shape_str(shape));
     auto t = std::make_shared<TensorImpl>();
-    t->storage = alloc_storage((size_t)numel_of(shape) * dtype_size(dt));
+    const size_t nbytes = checked_bytes(numel_of(shape), dtype_size(dt), "tensor allocation");
+    try {
+        t->storage = alloc_storage(nbytes);
+    } catch (const std::bad_alloc &) {  // say what could not be had (Python: MemoryError)
+        throw AllocError(str("out of memory: cannot allocate ", nbytes, " bytes (", nbytes >> 20, " MiB) for a ",
+                             dtype_name(dt), " tensor of shape ", shape_str(shape)));
+    }
     t->shape = shape;
     t->strides = contiguous_strides(shape);
     t->dtype = dt;

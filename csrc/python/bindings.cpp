@@ -2,8 +2,10 @@
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
 
+#include "../core/arena.h"
 #include "../core/conv.h"
 #include "../core/gemm.h"
+#include "../core/model_format.h"
 #include "../core/ops.h"
 #include "../core/optim.h"
 #include "../core/rng.h"
@@ -21,15 +23,24 @@ namespace {
 Tensor operand(const py::handle &h, const Tensor &like) {
     if (py::isinstance<TensorImpl>(h)) return h.cast<Tensor>();
     if (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr())) return scalar(h.cast<double>(), like->dtype);
-    if (py::isinstance<py::array>(h)) {
-        py::array a = h.cast<py::array>();
-        if (a.dtype().kind() != 'f')  // integer data joins a float op in the tensor's dtype
-            a = py::array(py::module_::import("numpy").attr("asarray")(a, np_dtype(like->dtype)));
-        return from_numpy(py::module_::import("numpy").attr("ascontiguousarray")(a));
+    py::module_ np = py::module_::import("numpy");
+    if (py::isinstance<py::array>(h) || py::isinstance<py::sequence>(h)) {
+        // A str is a sequence too, but `t + "a"` is a type error, not a failed float parse.
+        SPAD_CHECK(!py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h), TypeError,
+                   "unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor");
+        py::array a = py::isinstance<py::array>(h) ? h.cast<py::array>() : py::array(np.attr("asarray")(h));
+        const char kind = a.dtype().kind();
+        // Complex data would lose its imaginary part in a float op: refuse it (numpy only warns).
+        SPAD_CHECK(kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b', TypeError, "cannot use an operand of dtype ",
+                   std::string(py::str(a.dtype())), " with a ", dtype_name(like->dtype),
+                   " spad Tensor (expected real numbers: float, int or bool)");
+        // Integer, bool, float16 or non-native byte order joins the op in the tensor's dtype.
+        const bool keep = (a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()));
+        if (!keep) a = py::array(np.attr("asarray")(a, np_dtype(like->dtype)));
+        a = np.attr("ascontiguousarray")(a);
+        if (!a.writeable()) a = np.attr("array")(a);  // an operand is only read: a copy is cheap and safe
+        return from_numpy(a, true);
     }
-    // A str is a sequence too, but `t + "a"` is a type error, not a failed float parse.
-    if (py::isinstance<py::sequence>(h) && !py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h))
-        return from_numpy(py::module_::import("numpy").attr("asarray")(h, np_dtype(like->dtype)));
     throw TypeError(str("unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor"));
 }
 
@@ -42,10 +53,31 @@ std::vector<int64_t> axes_arg(const py::object &axis) {
     return axes;
 }
 
-Shape shape_args(const py::args &args) {
-    using V = std::vector<int64_t>;
-    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return Shape(args[0].cast<V>());
-    return Shape(args.cast<V>());
+// One dimension of a shape argument: an integer that fits int64, else a message naming the
+// op and the value (pybind11's own is "incompatible function arguments").
+int64_t dim_arg(const char *op, const py::handle &h) {
+    SPAD_CHECK(!PyBool_Check(h.ptr()) && PyIndex_Check(h.ptr()), TypeError, op, ": shape entries must be integers, got ",
+               std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+    if (!i) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+    SPAD_CHECK(!overflow, ValueError, op, ": dimension ", std::string(py::str(i)), " is out of range (at most ",
+               kMaxNumel, " elements)");
+    return v;
+}
+
+Shape shape_args(const char *op, const py::args &args) {
+    py::object seq = args;
+    if (args.size() == 1 && !PyIndex_Check(args[0].ptr())) {
+        SPAD_CHECK(py::isinstance<py::sequence>(args[0]) && !py::isinstance<py::str>(args[0]), TypeError, op,
+                   ": expected a shape (ints or a tuple of ints), got ",
+                   std::string(py::str(py::type::handle_of(args[0]).attr("__name__"))));
+        seq = args[0];
+    }
+    Shape s;
+    for (auto h : seq) s.push_back(dim_arg(op, h));
+    return s;
 }
 
 py::tuple shape_tuple(const Shape &s) {
@@ -83,6 +115,10 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(PyExc_RuntimeError, e.what());
         } catch (const BudgetError &e) {
             py::set_error(budget_exc, e.what());
+        } catch (const AllocError &e) {  // names the bytes and the shape (tensor.cpp, arena.cpp)
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const std::bad_alloc &) {
+            PyErr_SetString(PyExc_MemoryError, "spad: out of memory (a core allocation failed)");
         }
     });
 
@@ -120,7 +156,11 @@ PYBIND11_MODULE(_core, m) {
             })
         .def_property(
             "grad", [](const TensorImpl &t) { return t.grad; },
-            [](TensorImpl &t, const Tensor &g) {
+            [](TensorImpl &t, const py::object &o) {
+                SPAD_CHECK(o.is_none() || py::isinstance<TensorImpl>(o), TypeError,
+                           "grad: assigned a ", std::string(py::str(py::type::handle_of(o).attr("__name__"))),
+                           "; a gradient must be a spad Tensor or None (use spad.tensor(a) for an array)");
+                const Tensor g = o.is_none() ? Tensor() : o.cast<Tensor>();
                 if (g) {
                     SPAD_CHECK(g->shape == t.shape, ValueError, "grad: assigned gradient of shape ",
                                shape_str(g->shape), " to a tensor of shape ", shape_str(t.shape));
@@ -181,14 +221,14 @@ PYBIND11_MODULE(_core, m) {
                  return ops::max(x, axes_arg(axis), keepdims);
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false,
              "Maximum over axis; the gradient goes to the first maximal element.")
-        .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args(s)); })
+        .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args("reshape", s)); })
         .def("transpose", [](const Tensor &x, const py::args &a) {
                  if (a.size() == 0) {
                      std::vector<int64_t> p(x->ndim());
                      for (int64_t i = 0; i < x->ndim(); ++i) p[i] = x->ndim() - 1 - i;
                      return ops::permute(x, p);
                  }
-                 return ops::permute(x, shape_args(a).vec());
+                 return ops::permute(x, shape_args("transpose", a).vec());
              })
         .def_property_readonly("T", [](const Tensor &x) {
             std::vector<int64_t> p(x->ndim());
@@ -203,9 +243,17 @@ PYBIND11_MODULE(_core, m) {
         .def("relu", &ops::relu);
     // numpy defers mixed expressions (array + tensor) to the Tensor's reflected operators.
     T.attr("__array_ufunc__") = py::none();
+    // A numpy array passed where a Tensor is expected (F.relu(a), spad.matmul(a, t)) goes
+    // through spad.tensor's rules (shared if it can be, else copied; complex refused) instead
+    // of failing with pybind11's "incompatible function arguments".
+    T.def(py::init([](const py::array &a) { return py::module_::import("spad.tensor").attr("tensor")(a).cast<Tensor>(); }),
+          py::arg("array"));
+    py::implicitly_convertible<py::array, TensorImpl>();
 
     // ---- creation and interop ----
-    m.def("from_numpy", &from_numpy, py::arg("array"), "Borrow a float32/float64 array (no copy).");
+    m.def("from_numpy", &from_numpy, py::arg("array"), py::arg("guard_writes") = false,
+          "Borrow a float32/float64 array (no copy). guard_writes: read-only while the tape holds it\n"
+          "(Note [numpy writes under the tape] in numpy_bridge.h).");
     m.def("zeros", [](const std::vector<int64_t> &s, const py::dtype &d) { return zeros(Shape(s), dtype_of(d)); });
     m.def("full", [](const std::vector<int64_t> &s, double v, const py::dtype &d) {
         return full(Shape(s), v, dtype_of(d));
@@ -231,6 +279,15 @@ PYBIND11_MODULE(_core, m) {
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
+    m.def("_first_nonfinite", [](const std::vector<Tensor> &ts, bool grads) -> int64_t {
+        py::gil_scoped_release nogil;
+        for (size_t i = 0; i < ts.size(); ++i) {
+            const Tensor &t = grads ? ts[i]->grad : ts[i];
+            if (t && is_floating(t->dtype) && !all_finite(t)) return (int64_t)i;
+        }
+        return -1;
+    }, py::arg("tensors"), py::arg("grads") = false,
+    "Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.");
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
     });
@@ -335,6 +392,27 @@ PYBIND11_MODULE(_core, m) {
               "Copy src into dst in place and bump dst's version (parameter loads, averages).");
         m.def("bump_version", &optim::bump_version, "Mark a tensor's storage as overwritten from outside the core.");
     }
+
+    // ---- model files: the one reader (core/model_format.h) behind spad.load_model ----
+    m.def("_parse_model", [](const py::bytes &data) {
+        char *p = nullptr;
+        py::ssize_t n = 0;
+        PyBytes_AsStringAndSize(data.ptr(), &p, &n);
+        const auto *bytes = reinterpret_cast<const unsigned char *>(p);
+        const model_file::File f = model_file::parse(bytes, (size_t)n, "load_model");
+        py::list records;
+        for (const model_file::Record &r : f.records) {
+            py::list ts;
+            for (const model_file::TensorRecord &t : r.tensors) {
+                py::array_t<float> a(std::vector<py::ssize_t>(t.shape.begin(), t.shape.end()));
+                model_file::read_floats(bytes, t, a.mutable_data());
+                ts.append(a);
+            }
+            records.append(py::make_tuple(r.kind, py::cast(r.args), ts));
+        }
+        return py::make_tuple(shape_tuple(f.in_shape), records);
+    }, py::arg("data"), "Validate a model file's bytes: (input_shape, [(kind, args, [float32 arrays])]).");
+    m.attr("_MODEL_MAX_FILE_BYTES") = py::int_(model_file::kMaxFileBytes);
 
     // ---- kernels ----
     m.def("set_num_threads", &set_num_threads);
