@@ -104,7 +104,7 @@ def _read_bounded(path: str) -> bytes:
     limit = _core._MODEL_MAX_FILE_BYTES
     with open(path, "rb") as f:
         head = f.read(8)
-        if head != MAGIC:
+        if len(head) == 8 and head != MAGIC:  # (a shorter file is the parser's to report)
             raise ValueError(f"load_model: {path} is not a spad model (the file does not start with \"SPADMODL\")")
         rest = f.read(limit + 1 - len(head))
     if len(head) + len(rest) > limit:

@@ -162,7 +162,7 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
     def forward(self, x):
-        return _core.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -28,7 +28,15 @@ def _dtype(dtype: Any) -> Optional[np.dtype]:
 
 
 def _shape(shape: ShapeLike) -> tuple:
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    # Integers only: int() would turn 2.5 into 2 and the string "34" into (3, 4) silently.
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, np.ndarray)):
+        raise TypeError(f"shape must be an int or a sequence of ints, got {type(shape).__name__}")
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"shape entries must be integers, got {s!r} in {tuple(shape)}")
+    shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimension in shape {shape}")
     return shape
@@ -185,6 +193,12 @@ class enable_grad(no_grad):
 def set_tape_budget(nbytes: Optional[int]) -> None:
     """Cap the bytes saved payloads may hold; a forward that would exceed it raises
     ``spad.TapeBudgetError`` (a MemoryError). ``None`` removes the cap."""
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+            raise TypeError(f"set_tape_budget: budget must be an integer number of bytes or None, got "
+                            f"{type(nbytes).__name__}")
+        if not 0 <= int(nbytes) < 2**63:
+            raise ValueError(f"set_tape_budget: budget must be >= 0 bytes or None, got {nbytes}")
     _core.set_tape_budget(nbytes)
 
 

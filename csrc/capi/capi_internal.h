@@ -84,7 +84,8 @@ template <class E> inline long long enum_int(const E &e) {
     typename std::underlying_type<E>::type v;
     static_assert(sizeof v == sizeof e, "enum size");
     std::memcpy(&v, &e, sizeof v);
-    return (long long)v;
+    // As the C caller wrote it: the compiler may pick an unsigned underlying type.
+    return (long long)(typename std::make_signed<decltype(v)>::type)v;
 }
 
 inline void need(bool ok, const char *fn, const char *what) {

@@ -131,7 +131,7 @@ File parse(const unsigned char *data, size_t n, const char *who) {
         const uint32_t na = r.count("argument count", 4);
         SPAD_CHECK(na <= 8, ValueError, who, ": layer ", i, " has ", na, " arguments (at most 8)");
         for (uint32_t a = 0; a < na; ++a) L.args.push_back(r.u32("a layer argument"));
-        const uint32_t nt = r.count("tensor count", 8);
+        const uint32_t nt = r.count("tensor count", 4);  // a tensor is at least its rank
         SPAD_CHECK(nt <= 2, ValueError, who, ": layer ", i, " has ", nt, " tensors (at most 2)");
         for (uint32_t t = 0; t < nt; ++t) L.tensors.push_back(read_tensor(r));
         check_record(L, i, who);

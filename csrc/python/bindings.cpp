@@ -11,6 +11,25 @@
 #include "../core/rng.h"
 #include "../core/sampler.h"
 #include "../core/sampler_util.h"
+
+// Note [None is not a Tensor]
+//   pybind11 converts None to a null std::shared_ptr for any Tensor argument, and every op
+//   would then dereference it (F.relu(None) was a segfault). Refused here, for every
+//   binding at once; the two optional tensors (linear's and conv2d's bias) take a py::object.
+namespace pybind11 {
+namespace detail {
+template <>
+class type_caster<std::shared_ptr<spad::TensorImpl>>
+    : public copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>> {
+  public:
+    bool load(handle src, bool convert) {
+        if (src.is_none()) return false;
+        return copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>>::load(src, convert);
+    }
+};
+}  // namespace detail
+}  // namespace pybind11
+
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -34,8 +53,10 @@ Tensor operand(const py::handle &h, const Tensor &like) {
         SPAD_CHECK(kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b', TypeError, "cannot use an operand of dtype ",
                    std::string(py::str(a.dtype())), " with a ", dtype_name(like->dtype),
                    " spad Tensor (expected real numbers: float, int or bool)");
-        // Integer, bool, float16 or non-native byte order joins the op in the tensor's dtype.
-        const bool keep = (a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()));
+        // Integer, bool, float16, non-native byte order or a Python list joins the op in the
+        // tensor's dtype; a float32/float64 array keeps its own (a mismatch is an explicit error).
+        const bool keep = py::isinstance<py::array>(h) &&
+                          (a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()));
         if (!keep) a = py::array(np.attr("asarray")(a, np_dtype(like->dtype)));
         a = np.attr("ascontiguousarray")(a);
         if (!a.writeable()) a = np.attr("array")(a);  // an operand is only read: a copy is cheap and safe
@@ -44,14 +65,6 @@ Tensor operand(const py::handle &h, const Tensor &like) {
     throw TypeError(str("unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor"));
 }
 
-std::vector<int64_t> axes_arg(const py::object &axis) {
-    std::vector<int64_t> axes;
-    if (axis.is_none()) return axes;
-    if (py::isinstance<py::int_>(axis)) return {axis.cast<int64_t>()};
-    for (auto a : axis) axes.push_back(a.cast<int64_t>());
-    SPAD_CHECK(!axes.empty(), ValueError, "axis=() is not supported; pass None to reduce over all axes");
-    return axes;
-}
 
 // One dimension of a shape argument: an integer that fits int64, else a message naming the
 // op and the value (pybind11's own is "incompatible function arguments").
@@ -65,6 +78,18 @@ int64_t dim_arg(const char *op, const py::handle &h) {
     SPAD_CHECK(!overflow, ValueError, op, ": dimension ", std::string(py::str(i)), " is out of range (at most ",
                kMaxNumel, " elements)");
     return v;
+}
+
+std::vector<int64_t> axes_arg(const py::object &axis) {
+    std::vector<int64_t> axes;
+    if (axis.is_none()) return axes;
+    if (PyIndex_Check(axis.ptr())) return {dim_arg("axis", axis)};
+    SPAD_CHECK(py::isinstance<py::sequence>(axis) && !py::isinstance<py::str>(axis), TypeError,
+               "axis must be None, an int or a tuple of ints, got ",
+               std::string(py::str(py::type::handle_of(axis).attr("__name__"))));
+    for (auto a : axis) axes.push_back(dim_arg("axis", a));
+    SPAD_CHECK(!axes.empty(), ValueError, "axis=() is not supported; pass None to reduce over all axes");
+    return axes;
 }
 
 Shape shape_args(const char *op, const py::args &args) {
@@ -274,7 +299,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("pred"), py::arg("target"),
           "Mean squared error over all elements; target: a tensor or array-like of the same shape.");
     m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
-    m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor(),
+    m.def("linear", [](const Tensor &x, const Tensor &W, const py::object &b) {
+              return ops::linear(x, W, b.is_none() ? Tensor() : b.cast<Tensor>());
+          }, py::arg("x"), py::arg("W"), py::arg("b") = py::none(),
           "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
@@ -293,7 +320,10 @@ PYBIND11_MODULE(_core, m) {
     });
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
     m.def("expand", [](const Tensor &x, const std::vector<int64_t> &s) { return ops::expand(x, Shape(s)); });
-    m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
+    m.def("conv2d", [](const Tensor &x, const Tensor &w, const py::object &b, std::array<int64_t, 2> stride,
+                       std::array<int64_t, 2> padding) {
+              return ops::conv2d(x, w, b.is_none() ? Tensor() : b.cast<Tensor>(), stride, padding);
+          }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
           py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
     m.def("avg_pool2d", &ops::avg_pool2d, py::arg("x"), py::arg("k"));
