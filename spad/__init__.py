@@ -10,7 +10,7 @@ backprop stores, with an honest, measured memory figure.
 """
 from . import _loader  # noqa: F401  (must run before _core is imported)
 from . import _core
-from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, set_num_threads, get_num_threads
+from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, get_num_threads
 from .tensor import (
     tensor,
     from_numpy,
@@ -25,6 +25,7 @@ from .tensor import (
     set_tape_budget,
     concatenate,
     manual_seed,
+    set_num_threads,
 )
 from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack

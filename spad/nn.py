@@ -244,6 +244,8 @@ class Sequential(Module):
     def __init__(self, *modules: Module):
         super().__init__()
         for i, m in enumerate(modules):
+            if not isinstance(m, Module):  # else it would be dropped silently (not registered)
+                raise TypeError(f"Sequential: argument {i} is a {type(m).__name__}, not an nn.Module")
             setattr(self, str(i), m)
 
     def forward(self, x):

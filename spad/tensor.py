@@ -69,6 +69,8 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
         # (a non-native byte order, e.g. '>f8', keeps its width and is converted to native)
         keep = arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and isinstance(data, (np.ndarray, np.generic))
         want = arr.dtype.newbyteorder("=") if keep else np.dtype(np.float32)
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+            want = np.dtype(np.float64)  # long double: the closest spad dtype, not float32
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
     needs_copy = (
@@ -137,7 +139,22 @@ def rand(shape: ShapeLike, seed: Optional[int] = None, requires_grad: bool = Fal
 
 def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis (differentiable)."""
-    return _core.concatenate(list(tensors), axis)
+    tensors = list(tensors)
+    for i, x in enumerate(tensors):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"concatenate: item {i} is a {type(x).__name__}, not a spad Tensor")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -2**63 <= int(axis) < 2**63:
+        raise TypeError(f"concatenate: axis must be an integer, got {axis!r}")
+    return _core.concatenate(tensors, int(axis))
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the core's kernels may use (1 = single-threaded); an integer >= 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: expected an integer, got {type(n).__name__}")
+    if not 1 <= int(n) <= 4096:
+        raise ValueError(f"set_num_threads: the thread count must be in 1..4096, got {n}")
+    _core.set_num_threads(int(n))
 
 
 def manual_seed(seed: int) -> None:

@@ -213,7 +213,9 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
-            hist.loss.append(float(np.mean(losses)) if losses else float("nan"))
+            if not losses:  # an empty loader would train nothing and report a NaN loss
+                raise ValueError(f"fit: the training loader yielded no batches in epoch {epoch}")
+            hist.loss.append(float(np.mean(losses)))
             if seen and _labels(yb) is not None:
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))

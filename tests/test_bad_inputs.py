@@ -361,6 +361,18 @@ bad("state_dict_shape", lambda: nn.Linear(3, 2).load_state_dict({"weight": np.on
 bad("state_dict_missing", lambda: nn.Linear(3, 2).load_state_dict({"weight": np.ones((3, 2))}), (KeyError, ValueError),
     "bias")
 
+bad("sequential_not_module", lambda: nn.Sequential(3), TypeError, "not an nn.Module")
+bad("linear_module_none", lambda: nn.Linear(2, 2)(None), TypeError, "linear")
+bad("linear_fn_none_weight", lambda: F.linear(t(1, 2), None), TypeError, "linear")
+bad("conv_fn_none_input", lambda: F.conv2d(None, t(1, 1, 3, 3)), TypeError, "conv2d")
+bad("concat_none", lambda: spad.concatenate([t(2), None]), TypeError, "item 1")
+bad("concat_axis_float", lambda: spad.concatenate([t(2), t(2)], axis=0.5), TypeError, "axis")
+bad("threads_zero", lambda: spad.set_num_threads(0), ValueError, "thread count")
+bad("threads_huge", lambda: spad.set_num_threads(2**40), ValueError, "thread count")
+bad("threads_float", lambda: spad.set_num_threads(1.5), TypeError, "integer")
+good("tensor_longdouble_float64", lambda: spad.tensor(np.ones(2, np.longdouble)).dtype == np.float64)
+bad("rank_20_reduce", lambda: spad.tensor(np.ones([1] * 20, np.float32)).sum(axis=3), ValueError, "rank > 16")
+
 # ---- optim --------------------------------------------------------------------------------
 bad("sgd_lr_nan", lambda: optim.SGD([p(2)], lr=NAN), ValueError, "finite")
 bad("sgd_lr_inf", lambda: optim.SGD([p(2)], lr=INF), ValueError, "finite")
@@ -445,6 +457,10 @@ def _fit_nan_param():
 
 bad("fit_nan_parameter", _fit_nan_param, FloatingPointError, "NaN|non-finite")
 
+bad("fit_empty_loader", lambda: spad.train.fit(
+    nn.Sequential(nn.Linear(2, 2)), F.cross_entropy, [], optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), epochs=1,
+    progress=False), ValueError, "no batches")
+
 # ---- sampling policies and seeds ---------------------------------------------------------
 bad("rad_keep_zero", lambda: S.RAD(keep=0), ValueError, "keep")
 bad("rad_keep_above_one", lambda: S.RAD(keep=1.5), ValueError, "keep")
@@ -459,6 +475,8 @@ bad("crs_deterministic", lambda: S.CRS(deterministic=1.5), ValueError, "determin
 bad("spad_refresh_zero", lambda: S.SPAD(refresh=0), ValueError, "refresh")
 bad("spad_keep_inf", lambda: S.SPAD(keep=INF), ValueError, "keep")
 bad("spad_seed_2_64", lambda: S.SPAD(seed=2**64), ValueError, "seed")
+bad("spad_refresh_2_64", lambda: S.SPAD(refresh=2**64), ValueError, "refresh")
+bad("rad_block_2_64", lambda: S.RAD(block=2**64), ValueError, "block")
 bad("manual_seed_2_64", lambda: spad.manual_seed(2**64), ValueError, r"\[0, 2\*\*64\)")
 bad("manual_seed_negative", lambda: spad.manual_seed(-1), ValueError, "seed")
 bad("manual_seed_float", lambda: spad.manual_seed(1.5), TypeError, "integer")
