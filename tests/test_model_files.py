@@ -122,9 +122,10 @@ def test_mutation_fuzz_python_reader():
         loaded += 1
         model = spad.nn.Sequential(*[spad.model_io._build(k, a, ts, j) for j, (k, a, ts) in enumerate(records)])
         first = records[0][2][0] if records and records[0][2] else None
-        if first is not None and first.ndim == 2:
+        shape = None if first is None else (1, first.shape[0]) if first.ndim == 2 else (1, first.shape[1], 4, 4)
+        if shape is not None:
             try:
-                model(spad.ones((1, first.shape[0]))).numpy()
+                model(spad.ones(shape)).numpy()
             except ValueError:
                 pass  # a later layer that does not fit: a clear error
     assert loaded > 20  # the fuzzer also reaches the loading path, not only the refusals

@@ -33,12 +33,21 @@ static int model_fuzz_one(spad_ctx_t *ctx, const uint8_t *data, size_t n) {
     spad_tensor_t *in = nullptr;
     // The model's first parameter tells the input width of an MLP; a conv model needs the
     // recorded shape. Try both and let the core refuse mismatches.
-    if (spad_model_num_params(m) > 0 && spad_model_param(ctx, m, 0, &in) == SPAD_OK && in &&
-        spad_tensor_ndim(in) == 2) {
-        shape[1] = spad_tensor_dim(in, 0);
-        if (shape[1] <= 4096 && spad_tensor_new(ctx, SPAD_F32, 2, shape, &x) == SPAD_OK) {
+    int32_t ndim = 0;
+    if (spad_model_num_params(m) > 0 && spad_model_param(ctx, m, 0, &in) == SPAD_OK && in) {
+        if (spad_tensor_ndim(in) == 2) {  // Linear first: (1, in)
+            ndim = 2;
+            shape[1] = spad_tensor_dim(in, 0);
+        } else if (spad_tensor_ndim(in) == 4) {  // Conv2d first: (1, C_in, 4, 4), the seeds' image size
+            ndim = 4;
+            shape[1] = spad_tensor_dim(in, 1);
+            shape[2] = shape[3] = 4;
+        }
+    }
+    if (ndim) {
+        if (shape[1] <= 4096 && spad_tensor_new(ctx, SPAD_F32, ndim, shape, &x) == SPAD_OK) {
             float *p = static_cast<float *>(spad_tensor_data(x));
-            for (int64_t i = 0; i < shape[1]; ++i) p[i] = 0.5f;
+            for (int64_t i = 0; i < spad_tensor_numel(x); ++i) p[i] = 0.5f;
             spad_tensor_t *y = nullptr;
             const spad_status fs = spad_model_forward(ctx, m, x, &y);
             if (fs == SPAD_OK && y) {

@@ -148,6 +148,9 @@ int main(int argc, char **argv) {
     for (long i = 0; i < iterations && !seeds.empty(); ++i) {
         std::vector<uint8_t> d = seeds[rng.below(seeds.size())]->data;
         mutate(d, rng);
+        // A third of the inputs each train exactly, under RAD and under SPAD (sampled tapes).
+        static const spad_policy_kind kinds[] = {SPAD_POLICY_EXACT, SPAD_POLICY_RAD, SPAD_POLICY_SPAD};
+        CHECK(spad_ctx_set_policy(ctx, kinds[i % 3], 0.5, 2, (uint64_t)i) == SPAD_OK);
         spad_model_t *probe = nullptr;
         if (spad_model_load_buffer(ctx, d.data(), d.size(), &probe) == SPAD_OK) ++loaded;
         spad_model_free(ctx, probe);
