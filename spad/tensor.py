@@ -7,6 +7,7 @@ every numpy index expression to one differentiable ``take``).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -254,6 +255,32 @@ def _float(self: Tensor) -> float:
     return self.item()
 
 
+def _bool(self: Tensor) -> bool:
+    # Without this, bool() fell back to len(): bool(tensor([0.])) was True (numpy and torch raise
+    # for several elements and test the value of one).
+    if self.size != 1:
+        raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; use .sum(), .max() "
+                         "or .item() explicitly")
+    return bool(self.item())
+
+
+def _int(self: Tensor) -> int:
+    v = self.item()
+    if not math.isfinite(v):
+        raise ValueError(f"cannot convert {v} to an integer")
+    return int(v)
+
+
+def _iter(self: Tensor):
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return (self[i] for i in range(self.shape[0]))
+
+
+def _format(self: Tensor, spec: str) -> str:
+    return format(self.item(), spec) if spec and self.size == 1 else format(repr(self), spec)
+
+
 def _array(self: Tensor, dtype=None, copy=None):
     a = self.numpy()
     return a if dtype is None else a.astype(dtype)
@@ -263,5 +290,9 @@ Tensor.__getitem__ = _getitem
 Tensor.__len__ = _len
 Tensor.__repr__ = _repr
 Tensor.__float__ = _float
+Tensor.__bool__ = _bool
+Tensor.__int__ = _int
+Tensor.__iter__ = _iter
+Tensor.__format__ = _format
 Tensor.__array__ = _array
 Tensor.tolist = lambda self: self.numpy().tolist()

@@ -164,6 +164,19 @@ bad("index_array_range", lambda: t(3)[np.array([5])], IndexError, "5|out of boun
 bad("index_too_many", lambda: t(3)[0, 0], IndexError, "too many|dimension")
 good("index_negative", lambda: t(3, fill=2.0)[-1].item() == 2.0)
 
+bad("bool_many", lambda: bool(t(2)), ValueError, "ambiguous")
+good("bool_zero_is_false", lambda: bool(spad.tensor([0.0])) is False)
+good("bool_nan_is_true", lambda: bool(spad.tensor([NAN])) is True)
+bad("int_nan", lambda: int(spad.tensor(NAN)), ValueError, "nan")
+good("int_value", lambda: int(spad.tensor(2.7)) == 2)
+bad("float_many", lambda: float(t(2)), ValueError, "one element")
+bad("iter_0d", lambda: list(spad.tensor(1.0)), TypeError, "0-d")
+bad("len_0d", lambda: len(spad.tensor(1.0)), TypeError, "0-d")
+good("format_one", lambda: f"{spad.tensor(1.0):.2f}" == "1.00")
+good("keepdims_truthy", lambda: t(2, 3).sum(axis=1, keepdims=1).shape == (2, 1))
+bad("pickle", lambda: __import__("pickle").dumps(t(2)), TypeError, "pickle")
+bad("numpy_ufunc", lambda: np.exp(t(2)), TypeError, "ufunc")
+
 # ---- arithmetic operands ----------------------------------------------------------------
 bad("add_str", lambda: t(3) + "a", TypeError, "str")
 bad("add_none", lambda: t(3) + None, TypeError, "NoneType")

@@ -92,6 +92,13 @@ std::vector<int64_t> axes_arg(const py::object &axis) {
     return axes;
 }
 
+// A flag argument by Python truthiness (numpy accepts any truthy keepdims).
+bool truthy(const py::object &o) {
+    const int r = PyObject_IsTrue(o.ptr());
+    if (r < 0) throw py::error_already_set();
+    return r != 0;
+}
+
 Shape shape_args(const char *op, const py::args &args) {
     py::object seq = args;
     if (args.size() == 1 && !PyIndex_Check(args[0].ptr())) {
@@ -236,14 +243,14 @@ PYBIND11_MODULE(_core, m) {
                  return ops::pow(a, p.cast<double>());
              },
              py::is_operator())
-        .def("sum", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::sum(x, axes_arg(axis), keepdims);
+        .def("sum", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::sum(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Sum over axis (None: all; int or tuple).")
-        .def("mean", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::mean(x, axes_arg(axis), keepdims);
+        .def("mean", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::mean(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Mean over axis (None: all; int or tuple).")
-        .def("max", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::max(x, axes_arg(axis), keepdims);
+        .def("max", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::max(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false,
              "Maximum over axis; the gradient goes to the first maximal element.")
         .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args("reshape", s)); })
