@@ -10,7 +10,7 @@ backprop stores, with an honest, measured memory figure.
 """
 from . import _loader  # noqa: F401  (must run before _core is imported)
 from . import _core
-from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, set_num_threads, get_num_threads
+from ._core import Tensor, TapeBudgetError, memory_stats, reset_peak_memory_stats, get_num_threads
 from .tensor import (
     tensor,
     from_numpy,
@@ -25,11 +25,13 @@ from .tensor import (
     set_tape_budget,
     concatenate,
     manual_seed,
+    set_num_threads,
 )
 from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
+from .gradcheck import gradcheck, GradcheckError  # gradients vs finite differences
 
 __version__ = "0.1.0"
 
@@ -63,4 +65,6 @@ __all__ = [
     "analysis",
     "export",
     "load_model",
+    "gradcheck",
+    "GradcheckError",
 ]

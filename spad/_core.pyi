@@ -10,7 +10,9 @@ class TapeBudgetError(MemoryError):
 class Tensor:
     __array_ufunc__ = None
     _is_param: bool
-    grad: Tensor
+    grad: Tensor | None
+    def __init__(self, array: numpy.ndarray) -> None:
+        """A tensor from a numpy array by spad.tensor's rules (arrays convert implicitly where a Tensor is expected)."""
     requires_grad: bool
     def __add__(self, arg0: typing.Any) -> Tensor:
         ...
@@ -283,10 +285,20 @@ def exp(x: Tensor) -> Tensor:
     ...
 def expand(arg0: Tensor, arg1: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> Tensor:
     ...
-def from_numpy(array: numpy.ndarray) -> Tensor:
+def from_numpy(array: numpy.ndarray, guard_writes: bool = False) -> Tensor:
     """
-    Borrow a float32/float64 array (no copy).
+    Borrow a float32/float64 array (no copy). guard_writes: read-only while the tape holds it
+    (Note [numpy writes under the tape] in numpy_bridge.h).
     """
+def _parse_model(data: bytes) -> tuple[tuple, list]:
+    """
+    Validate a model file's bytes: (input_shape, [(kind, args, [float32 arrays])]).
+    """
+def _first_nonfinite(tensors: list[Tensor], grads: bool = False) -> int:
+    """
+    Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.
+    """
+_MODEL_MAX_FILE_BYTES: int
 def full(arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg1: typing.SupportsFloat | typing.SupportsIndex, arg2: numpy.dtype[typing.Any]) -> Tensor:
     ...
 def gemm_backend() -> str:

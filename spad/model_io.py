@@ -21,8 +21,13 @@ little-endian:
                         Linear: weight (in, out) [, bias (out,)]
                         Conv2d: weight (C_out, C_in, k, k) [, bias (C_out,)]
 
-The reader (here and in csrc/capi/model_c.cpp) rejects unknown kinds, wrong shapes, short
-files and trailing bytes.
+Valid records (the one specification, csrc/core/model_format.h, Note [Valid records]):
+every dimension in 1..2**24; Linear: no arguments, a 2-d weight, an optional (out,) bias;
+Conv2d: stride >= 1 and 0 <= padding < k, a square (C_out, C_in, k, k) weight, an optional
+(C_out,) bias; pools: one argument 1 <= k <= 16; activations and Flatten: nothing. Python
+and the C API (spad_model_load) read files with the same C++ reader, so they accept and
+reject exactly the same files: unknown kinds, wrong shapes, lengths beyond the file, short
+files and trailing bytes are a ValueError naming the byte offset.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import nn
+from . import _core, nn
 
 __all__ = ["export", "load_model"]
 
@@ -93,54 +98,29 @@ def _flatten(model: nn.Module, path: str) -> List:
     return out
 
 
-class _Reader:
-    def __init__(self, data: bytes, path: str):
-        self.data, self.at, self.path = data, 0, path
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > len(self.data) - self.at:
-            raise ValueError(f"load_model: {self.path} ends inside {what} (byte {self.at}); truncated or not a "
-                             "spad model")
-        b = self.data[self.at:self.at + n]
-        self.at += n
-        return b
-
-    def u32(self, what: str, n: int = 1):
-        vals = struct.unpack(f"<{n}I", self.take(4 * n, what))
-        return vals if n != 1 else vals[0]
-
-    def tensor(self) -> np.ndarray:
-        ndim = self.u32("a tensor's rank")
-        if not 1 <= ndim <= 4:
-            raise ValueError(f"load_model: tensor rank {ndim} at byte {self.at - 4} (expected 1 to 4)")
-        shape = self.u32("a tensor's shape", ndim) if ndim > 1 else (self.u32("a tensor's shape"),)
-        count = int(np.prod(shape))
-        return np.frombuffer(self.take(4 * count, "tensor data"), dtype="<f4").reshape(shape).astype(np.float32)
+def _read_bounded(path: str) -> bytes:
+    """The file's bytes, bounded whatever ``path`` is (a device such as /dev/zero, a pipe):
+    the magic bytes first, then at most the reader's size limit."""
+    limit = _core._MODEL_MAX_FILE_BYTES
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8 and head != MAGIC:  # (a shorter file is the parser's to report)
+            raise ValueError(f"load_model: {path} is not a spad model (the file does not start with \"SPADMODL\")")
+        rest = f.read(limit + 1 - len(head))
+    if len(head) + len(rest) > limit:
+        raise ValueError(f"load_model: {path} is larger than {limit} bytes; not a spad model")
+    return head + rest
 
 
 def load_model(path: str) -> nn.Sequential:
     """Read a file written by :func:`export` (or by ``spad_model_save`` on a device, e.g.
-    after training there) into a new ``nn.Sequential``."""
-    with open(path, "rb") as f:
-        r = _Reader(f.read(), path)
-    if r.take(8, "the magic bytes") != MAGIC:
-        raise ValueError(f"load_model: {path} is not a spad model (no SPADMODL header)")
-    version, n_layers, in_ndim = r.u32("the header", 3)
-    if version != VERSION:
-        raise ValueError(f"load_model: format version {version} is not supported (this is {VERSION})")
-    r.u32("the input shape", in_ndim) if in_ndim else None
-    layers: List[nn.Module] = []
-    for i in range(n_layers):
-        kind, n_args = r.u32("a layer header", 2)
-        args = [r.u32("a layer argument") for _ in range(n_args)]
-        ts = [r.tensor() for _ in range(r.u32("a tensor count"))]
-        layers.append(_build(kind, args, ts, i))
-    if r.at != len(r.data):
-        raise ValueError(f"load_model: {len(r.data) - r.at} unexpected bytes after the last layer of {path}")
-    return nn.Sequential(*layers)
+    after training there) into a new ``nn.Sequential``. A malformed file raises ValueError."""
+    _, records = _core._parse_model(_read_bounded(path))
+    return nn.Sequential(*[_build(kind, args, ts, i) for i, (kind, args, ts) in enumerate(records)])
 
 
 def _build(kind: int, args: List[int], ts: List[np.ndarray], i: int) -> nn.Module:
+    # The record passed the shared checks (shapes, arguments): only construction is left.
     if kind in (LINEAR, CONV2D):
         w = ts[0]
         if kind == LINEAR:

@@ -140,19 +140,29 @@ class Module:
         return ""
 
 
+def _size(layer: str, name: str, v) -> int:
+    """A layer size: an integer >= 1 (0 would make an empty weight and a division by zero in init)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{layer}: {name} must be an integer, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{layer}: {name} must be >= 1, got {v}")
+    return int(v)
+
+
 class Linear(Module):
     """``y = x @ weight + bias`` via the fused ``F.linear``; weight has shape (in, out) so a
     sampled backward computes whole rows of dW. Default init: He uniform weights, zero bias."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init="he_uniform", seed=None):
         super().__init__()
+        in_features, out_features = _size("Linear", "in_features", in_features), _size("Linear", "out_features", out_features)
         g = I.rng(seed)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(I.get(init)((in_features, out_features), seed=g))
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
     def forward(self, x):
-        return _core.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -164,6 +174,8 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = True, init="he_uniform", seed=None):
         super().__init__()
+        in_channels, out_channels = _size("Conv2d", "in_channels", in_channels), _size("Conv2d", "out_channels", out_channels)
+        kernel_size = _size("Conv2d", "kernel_size", kernel_size)
         g = I.rng(seed)
         self.stride, self.padding = stride, padding
         self.weight = Parameter(I.get(init)((out_channels, in_channels, kernel_size, kernel_size), seed=g))
@@ -232,6 +244,8 @@ class Sequential(Module):
     def __init__(self, *modules: Module):
         super().__init__()
         for i, m in enumerate(modules):
+            if not isinstance(m, Module):  # else it would be dropped silently (not registered)
+                raise TypeError(f"Sequential: argument {i} is a {type(m).__name__}, not an nn.Module")
             setattr(self, str(i), m)
 
     def forward(self, x):

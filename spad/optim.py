@@ -32,11 +32,22 @@ class Optimizer:
         name = type(self).__name__
         if not self.params:
             raise ValueError(f"{name}: got an empty parameter list (did the model register its parameters?)")
+        seen: Dict[int, int] = {}
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"{name}: parameter {i} is a {type(p).__name__}, not a spad.Tensor")
             if not p.requires_grad:
                 raise ValueError(f"{name}: parameter {i} of shape {p.shape} does not require grad")
+            # The same tensor twice would be stepped twice per step (and share state twice).
+            if id(p) in seen:
+                raise ValueError(f"{name}: parameter {i} of shape {p.shape} is the same tensor as parameter "
+                                 f"{seen[id(p)]}; pass each parameter once")
+            seen[id(p)] = i
+        hyper = [("lr", lr), ("weight_decay", weight_decay)]
+        hyper += [(k, getattr(self, k)) for k in ("momentum", "eps", "alpha") if hasattr(self, k)]
+        hyper += [("betas", b) for b in getattr(self, "betas", ())]
+        for key, v in hyper:
+            _check_real(name, key, v)
         _check(name, lr > 0, f"learning rate must be > 0, got {lr}")
         _check(name, weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}")
         self.lr = float(lr)
@@ -56,6 +67,8 @@ class Optimizer:
         _core.clear_grads(self.params)
 
     def step(self) -> None:
+        # A schedule (or a user) may have set lr since construction; a NaN would reach every weight.
+        _check_real(type(self).__name__, "lr", self.lr)
         self.steps += 1
         self._update()
 
@@ -83,6 +96,14 @@ class Optimizer:
 def _check(name: str, ok: bool, msg: str) -> None:
     if not ok:
         raise ValueError(f"{name}: {msg}")
+
+
+def _check_real(name: str, key: str, v) -> None:
+    """A hyperparameter must be a finite real number (NaN or inf would reach every weight)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: {key} must be a number, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: {key} must be a finite number, got {v}")
 
 
 class SGD(Optimizer):

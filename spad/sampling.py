@@ -48,10 +48,12 @@ class Policy:
 
     def __init__(self, kind, estimator, keep=1.0, deterministic=0.0, refresh=1, unbiased=True, mix=0.0,
                  ema=0.0, everywhere=False, seed=0, sampled_scores=True, block=1):
-        if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        from .tensor import _seed
+        for name, v in (("refresh", refresh), ("block", block)):  # int64 in the core
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not -2**63 <= int(v) < 2**63:
+                raise ValueError(f"{type(self).__name__}: {name} must be an integer below 2**63, got {v!r}")
         self.keep = keep
-        self.seed = int(seed)
+        self.seed = _seed(type(self).__name__, seed)
         self._impl = _core.Policy(kind, estimator, keep, deterministic, int(refresh), bool(unbiased), float(mix),
                                   float(ema), bool(everywhere), self.seed, bool(sampled_scores), int(block))
 

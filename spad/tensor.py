@@ -7,6 +7,7 @@ every numpy index expression to one differentiable ``take``).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -28,7 +29,15 @@ def _dtype(dtype: Any) -> Optional[np.dtype]:
 
 
 def _shape(shape: ShapeLike) -> tuple:
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    # Integers only: int() would turn 2.5 into 2 and the string "34" into (3, 4) silently.
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, np.ndarray)):
+        raise TypeError(f"shape must be an int or a sequence of ints, got {type(shape).__name__}")
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"shape entries must be integers, got {s!r} in {tuple(shape)}")
+    shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimension in shape {shape}")
     return shape
@@ -47,7 +56,7 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
     if (type(data) is np.ndarray and dtype is None and copy is None and data.dtype in _FLOATS
             and data.flags.c_contiguous and data.flags.writeable):
         # the common case (a float batch buffer) skips the general conversion below
-        t = _core.from_numpy(data)
+        t = _core.from_numpy(data, True)
         if requires_grad:
             t.requires_grad = True
         return t
@@ -58,8 +67,11 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
     arr = np.asarray(data)
     if want is None:
         # numpy float data keeps its dtype; Python numbers and lists become float32 (the default)
-        keep = arr.dtype in _FLOATS and isinstance(data, (np.ndarray, np.generic))
-        want = arr.dtype if keep else np.dtype(np.float32)
+        # (a non-native byte order, e.g. '>f8', keeps its width and is converted to native)
+        keep = arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and isinstance(data, (np.ndarray, np.generic))
+        want = arr.dtype.newbyteorder("=") if keep else np.dtype(np.float32)
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+            want = np.dtype(np.float64)  # long double: the closest spad dtype, not float32
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
     needs_copy = (
@@ -75,7 +87,7 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, copy: Opti
         )
     if copy or needs_copy:
         arr = np.array(arr, dtype=want, copy=True, order="C")
-    t = _core.from_numpy(arr)
+    t = _core.from_numpy(arr, not (copy or needs_copy))  # guard writes to the caller's array
     if requires_grad:
         t.requires_grad = True
     return t
@@ -89,7 +101,7 @@ def from_numpy(array: np.ndarray) -> Tensor:
     if array.dtype not in _FLOATS:
         raise TypeError(f"from_numpy: unsupported dtype {array.dtype}; expected float32 or float64; "
                         "use spad.tensor(x, dtype=...) to convert explicitly")
-    return _core.from_numpy(array)
+    return _core.from_numpy(array, True)
 
 
 def _make(values: np.ndarray, requires_grad: bool) -> Tensor:
@@ -128,16 +140,39 @@ def rand(shape: ShapeLike, seed: Optional[int] = None, requires_grad: bool = Fal
 
 def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis (differentiable)."""
-    return _core.concatenate(list(tensors), axis)
+    tensors = list(tensors)
+    for i, x in enumerate(tensors):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"concatenate: item {i} is a {type(x).__name__}, not a spad Tensor")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -2**63 <= int(axis) < 2**63:
+        raise TypeError(f"concatenate: axis must be an integer, got {axis!r}")
+    return _core.concatenate(tensors, int(axis))
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the core's kernels may use (1 = single-threaded); an integer >= 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: expected an integer, got {type(n).__name__}")
+    if not 1 <= int(n) <= 4096:
+        raise ValueError(f"set_num_threads: the thread count must be in 1..4096, got {n}")
+    _core.set_num_threads(int(n))
 
 
 def manual_seed(seed: int) -> None:
     """Seed the global counter-based RNG used by dropout and the samplers, so a run
     (masks, sampled paths) is reproducible. Does not affect ``randn(seed=...)``."""
-    seed = int(seed)
-    if seed < 0:
-        raise ValueError(f"manual_seed: seed must be >= 0, got {seed}")
+    seed = _seed("manual_seed", seed)
     _core.manual_seed(seed)
+
+
+def _seed(who: str, seed: Any) -> int:
+    """A seed: an integer in [0, 2**64) (the RNG's state); a clear error otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{who}: seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{who}: seed must be in [0, 2**64), got {seed}")
+    return seed
 
 
 def is_grad_enabled() -> bool:
@@ -176,6 +211,12 @@ class enable_grad(no_grad):
 def set_tape_budget(nbytes: Optional[int]) -> None:
     """Cap the bytes saved payloads may hold; a forward that would exceed it raises
     ``spad.TapeBudgetError`` (a MemoryError). ``None`` removes the cap."""
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+            raise TypeError(f"set_tape_budget: budget must be an integer number of bytes or None, got "
+                            f"{type(nbytes).__name__}")
+        if not 0 <= int(nbytes) < 2**63:
+            raise ValueError(f"set_tape_budget: budget must be >= 0 bytes or None, got {nbytes}")
     _core.set_tape_budget(nbytes)
 
 
@@ -214,6 +255,32 @@ def _float(self: Tensor) -> float:
     return self.item()
 
 
+def _bool(self: Tensor) -> bool:
+    # Without this, bool() fell back to len(): bool(tensor([0.])) was True (numpy and torch raise
+    # for several elements and test the value of one).
+    if self.size != 1:
+        raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; use .sum(), .max() "
+                         "or .item() explicitly")
+    return bool(self.item())
+
+
+def _int(self: Tensor) -> int:
+    v = self.item()
+    if not math.isfinite(v):
+        raise ValueError(f"cannot convert {v} to an integer")
+    return int(v)
+
+
+def _iter(self: Tensor):
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return (self[i] for i in range(self.shape[0]))
+
+
+def _format(self: Tensor, spec: str) -> str:
+    return format(self.item(), spec) if spec and self.size == 1 else format(repr(self), spec)
+
+
 def _array(self: Tensor, dtype=None, copy=None):
     a = self.numpy()
     return a if dtype is None else a.astype(dtype)
@@ -223,5 +290,9 @@ Tensor.__getitem__ = _getitem
 Tensor.__len__ = _len
 Tensor.__repr__ = _repr
 Tensor.__float__ = _float
+Tensor.__bool__ = _bool
+Tensor.__int__ = _int
+Tensor.__iter__ = _iter
+Tensor.__format__ = _format
 Tensor.__array__ = _array
 Tensor.tolist = lambda self: self.numpy().tolist()

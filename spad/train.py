@@ -149,6 +149,17 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="epoch", leave=True)
 
 
+def _check_finite(params, epoch: int, step: int) -> None:
+    """A finite loss can still come with NaN/inf gradients (an inf input behind a dead unit,
+    an overflow in backward): check them, and the parameters, before the optimizer writes."""
+    for grads, what in ((True, "the gradient of parameter"), (False, "parameter")):
+        i = _core._first_nonfinite(params, grads)
+        if i >= 0:
+            raise NonFiniteLossError(f"fit: {what} {i} (shape {tuple(params[i].shape)}) holds NaN or inf at epoch "
+                                     f"{epoch}, step {step}; parameters left untouched. Lower the learning rate or "
+                                     "check the data.")
+
+
 def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling=None,
         val: Optional[Tuple[Any, Any]] = None, progress: bool = True, callbacks: Sequence[Callable] = (),
         early_stopping=None, regularizer=None) -> History:
@@ -199,6 +210,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                     raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
                 optimizer.zero_grad()
                 loss.backward()
+                _check_finite(params, epoch, step)
                 optimizer.step()
                 step_peak, step_peak_exact = _core.peak_tape_bytes()
                 peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
@@ -211,10 +223,12 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
+            if not losses:  # an empty loader would train nothing and report a NaN loss
+                raise ValueError(f"fit: the training loader yielded no batches in epoch {epoch}")
             if world is not None:  # every rank runs the same number of steps (spad.data)
                 tot = world.allreduce_sum([sum(losses), len(losses), correct, seen])
-                losses, correct, seen = [tot[0] / max(tot[1], 1)] if tot[1] else [], int(tot[2]), int(tot[3])
-            hist.loss.append(float(np.mean(losses)) if losses else float("nan"))
+                losses, correct, seen = [tot[0] / max(tot[1], 1)], int(tot[2]), int(tot[3])
+            hist.loss.append(float(np.mean(losses)))
             if seen and _labels(yb) is not None:
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))

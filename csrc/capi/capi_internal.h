@@ -9,6 +9,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/arena.h"
@@ -74,6 +75,17 @@ template <class F> spad_status guard(F &&f) {
     } catch (...) {
         return fail(SPAD_ERR_INTERNAL, "unknown error in the spad core");
     }
+}
+
+// A C caller may pass any integer where an enum is declared; loading an out-of-range value
+// as the C++ enum type is undefined behaviour (UBSan: "invalid value for type"). So the
+// bytes are read as the underlying integer and validated before any enum-typed use.
+template <class E> inline long long enum_int(const E &e) {
+    typename std::underlying_type<E>::type v;
+    static_assert(sizeof v == sizeof e, "enum size");
+    std::memcpy(&v, &e, sizeof v);
+    // As the C caller wrote it: the compiler may pick an unsigned underlying type.
+    return (long long)(typename std::make_signed<decltype(v)>::type)v;
 }
 
 inline void need(bool ok, const char *fn, const char *what) {

@@ -1,27 +1,12 @@
 // model_c.cpp — models exported from Python (spad.export) in the C API: load, save,
 // inference, on-device SGD training under a sampling policy.
 //
-// File format (version 1), all integers and floats little-endian; the same text is in
-// spad/model_io.py (the writer) and docs/embedded.md:
-//
-//   magic    8 bytes  "SPADMODL"
-//   version  u32      1
-//   n_layers u32
-//   in_ndim  u32      rank of one example (0 = not recorded), then in_ndim x u32 dims
-//   layers   n_layers records, each:
-//     kind     u32    1 Linear, 2 Conv2d, 3 MaxPool2d, 4 AvgPool2d, 5 ReLU, 6 Tanh,
-//                     7 Sigmoid, 8 Flatten
-//     n_args   u32    then n_args x u32: Linear -, Conv2d [stride, padding], pools [k]
-//     n_tensors u32   then per tensor: ndim u32, ndim x u32 dims, prod(dims) x f32 (row-major)
-//                     Linear: weight (in, out) [, bias (out,)]
-//                     Conv2d: weight (C_out, C_in, k, k) [, bias (C_out,)]
-//
-// Why a record with generic args and tensors: the loader validates every record the same
-// way (lengths against the bytes left) before it interprets any, so a truncated or
-// corrupt file is a clean SPAD_ERR_VALUE naming the byte offset, never a wild read.
+// The file format and its reader (every check of a record) live in core/model_format.h,
+// shared with Python's spad.load_model: one specification, one set of checks.
 #include <cmath>
 #include <cstdio>
 
+#include "../core/model_format.h"
 #include "../core/optim.h"
 #include "capi_internal.h"
 
@@ -29,30 +14,12 @@ using namespace spad_capi;
 
 namespace {
 
-enum LayerKind : uint32_t { LINEAR = 1, CONV2D, MAXPOOL, AVGPOOL, RELU, TANH, SIGMOID, FLATTEN, KIND_END_ };
+using namespace spad::model_file;
 
 struct Layer {
     uint32_t kind = 0;
     std::vector<uint32_t> args;
     std::vector<spad::Tensor> params;  // weight, then bias if any
-};
-
-const char kMagic[8] = {'S', 'P', 'A', 'D', 'M', 'O', 'D', 'L'};
-
-// Byte-order independent reads: the format is little-endian whatever the host is.
-struct Reader {
-    const unsigned char *p;
-    size_t n, at = 0;
-    void need(size_t k, const char *what) {
-        SPAD_CHECK(k <= n - at, ValueError, "spad_model_load: file ends at byte ", n, " inside ", what,
-                   " (needs ", k, " more bytes at byte ", at, "); truncated or not a spad model");
-    }
-    uint32_t u32(const char *what) {
-        need(4, what);
-        uint32_t v = (uint32_t)p[at] | (uint32_t)p[at + 1] << 8 | (uint32_t)p[at + 2] << 16 | (uint32_t)p[at + 3] << 24;
-        at += 4;
-        return v;
-    }
 };
 
 struct Writer {
@@ -61,30 +28,6 @@ struct Writer {
         for (int i = 0; i < 4; ++i) b.push_back((unsigned char)(v >> (8 * i)));
     }
 };
-
-spad::Tensor read_tensor(Reader &r) {
-    const uint32_t ndim = r.u32("a tensor's rank");
-    SPAD_CHECK(ndim >= 1 && ndim <= 4, ValueError, "spad_model_load: tensor rank ", ndim, " at byte ", r.at - 4,
-               " (expected 1 to 4)");
-    spad::Shape shape;
-    uint64_t numel = 1;
-    for (uint32_t i = 0; i < ndim; ++i) {
-        shape.push_back(r.u32("a tensor's shape"));
-        numel *= (uint64_t)shape.back();
-        SPAD_CHECK(numel <= (r.n - r.at) / 4, ValueError, "spad_model_load: tensor of shape ", spad::shape_str(shape),
-                   "... at byte ", r.at, " is larger than the rest of the file");
-    }
-    r.need((size_t)numel * 4, "tensor data");
-    spad::Tensor t = spad::empty(shape, spad::DType::F32);
-    float *d = t->data<float>();
-    for (uint64_t i = 0; i < numel; ++i) {
-        uint32_t bits = r.u32("tensor data");
-        std::memcpy(&d[i], &bits, 4);
-    }
-    t->requires_grad = true;
-    t->storage->is_param = true;
-    return t;
-}
 
 void write_tensor(Writer &w, const spad::Tensor &t) {
     spad::Tensor c = spad::contiguous(t);
@@ -95,33 +38,6 @@ void write_tensor(Writer &w, const spad::Tensor &t) {
         uint32_t bits;
         std::memcpy(&bits, &d[i], 4);
         w.u32(bits);
-    }
-}
-
-// Shapes of a layer's parameters and arguments, checked once at load time so that a bad
-// file fails there and not in the middle of a forward pass.
-void check_layer(const Layer &L, size_t i) {
-    const size_t na = L.args.size(), np = L.params.size();
-    auto bad = [&](const char *what) {
-        throw spad::ValueError(spad::str("spad_model_load: layer ", i, " (kind ", L.kind, "): ", what));
-    };
-    switch (L.kind) {
-        case LINEAR:
-            if (na != 0 || np < 1 || np > 2 || L.params[0]->ndim() != 2) bad("Linear needs a 2-d weight and an optional bias");
-            if (np == 2 && L.params[1]->shape != spad::Shape{L.params[0]->shape[1]}) bad("Linear bias must be (out,)");
-            break;
-        case CONV2D:
-            if (na != 2 || np < 1 || np > 2 || L.params[0]->ndim() != 4 || L.args[0] < 1) bad("Conv2d needs [stride, padding] and a 4-d weight");
-            if (np == 2 && L.params[1]->shape != spad::Shape{L.params[0]->shape[0]}) bad("Conv2d bias must be (C_out,)");
-            break;
-        case MAXPOOL:
-        case AVGPOOL:
-            if (na != 1 || np != 0 || L.args[0] < 1) bad("pooling needs one argument k >= 1 and no tensors");
-            break;
-        case RELU: case TANH: case SIGMOID: case FLATTEN:
-            if (na != 0 || np != 0) bad("activations and Flatten take no arguments or tensors");
-            break;
-        default: bad("unknown layer kind (a newer format?)");
     }
 }
 
@@ -169,33 +85,22 @@ std::vector<spad::Tensor> params_of(const spad_model &m) {
 }
 
 spad_model *parse(const unsigned char *data, size_t n) {
-    Reader r{data, n};
-    r.need(8, "the magic bytes");
-    SPAD_CHECK(std::memcmp(data, kMagic, 8) == 0, ValueError,
-               "spad_model_load: not a spad model (the file does not start with \"SPADMODL\")");
-    r.at = 8;
-    const uint32_t version = r.u32("the version");
-    SPAD_CHECK(version == 1, ValueError, "spad_model_load: format version ", version, " is not supported (this is 1)");
-    const uint32_t n_layers = r.u32("the layer count");
-    SPAD_CHECK(n_layers <= (n - r.at) / 12, ValueError, "spad_model_load: ", n_layers, " layers cannot fit in ", n,
-               " bytes");
+    const File f = spad::model_file::parse(data, n, "spad_model_load");
     std::unique_ptr<spad_model> m(new spad_model);
-    const uint32_t in_ndim = r.u32("the input rank");
-    SPAD_CHECK(in_ndim <= 3, ValueError, "spad_model_load: input rank ", in_ndim, " (expected 0 to 3)");
-    for (uint32_t i = 0; i < in_ndim; ++i) m->in_shape.push_back(r.u32("the input shape"));
-    for (uint32_t i = 0; i < n_layers; ++i) {
+    m->in_shape = f.in_shape;
+    for (const Record &r : f.records) {
         Layer L;
-        L.kind = r.u32("a layer kind");
-        const uint32_t na = r.u32("a layer's argument count");
-        SPAD_CHECK(na <= 8, ValueError, "spad_model_load: layer ", i, " has ", na, " arguments (at most 8)");
-        for (uint32_t a = 0; a < na; ++a) L.args.push_back(r.u32("a layer argument"));
-        const uint32_t nt = r.u32("a layer's tensor count");
-        SPAD_CHECK(nt <= 2, ValueError, "spad_model_load: layer ", i, " has ", nt, " tensors (at most 2)");
-        for (uint32_t t = 0; t < nt; ++t) L.params.push_back(read_tensor(r));
-        check_layer(L, i);
+        L.kind = r.kind;
+        L.args = r.args;
+        for (const TensorRecord &tr : r.tensors) {
+            spad::Tensor t = spad::empty(tr.shape, spad::DType::F32);
+            read_floats(data, tr, t->data<float>());
+            t->requires_grad = true;
+            t->storage->is_param = true;
+            L.params.push_back(t);
+        }
         m->layers.push_back(std::move(L));
     }
-    SPAD_CHECK(r.at == n, ValueError, "spad_model_load: ", n - r.at, " unexpected bytes after the last layer");
     return m.release();
 }
 
@@ -219,11 +124,13 @@ spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double k
     return guard([&] {
         const char *fn = "spad_ctx_set_policy";
         need(ctx != nullptr, fn, "ctx is NULL");
-        if (kind == SPAD_POLICY_EXACT) {
+        const long long k = enum_int(kind);  // validated before any use as the enum type
+        need(k == SPAD_POLICY_EXACT || k == SPAD_POLICY_RAD || k == SPAD_POLICY_SPAD, fn,
+             "unknown policy kind (expected SPAD_POLICY_EXACT, SPAD_POLICY_RAD or SPAD_POLICY_SPAD)");
+        if (k == SPAD_POLICY_EXACT) {
             ctx->policy.reset();
             return;
         }
-        need(kind == SPAD_POLICY_RAD || kind == SPAD_POLICY_SPAD, fn, "unknown policy kind");
         SPAD_CHECK(keep > 0 && keep <= 1, ValueError, fn, ": keep must be in (0, 1], got ", keep);
         SPAD_CHECK(kind != SPAD_POLICY_SPAD || refresh >= 1, ValueError, fn, ": refresh must be >= 1, got ", refresh);
         spad::PolicyConfig c;  // the Python defaults: spad.sampling.RAD(...) / SPAD(...)
@@ -263,12 +170,24 @@ spad_status spad_model_load(spad_ctx_t *ctx, const char *path, spad_model_t **ou
         need(path != nullptr, "spad_model_load", "path is NULL");
         std::FILE *f = std::fopen(path, "rb");
         SPAD_CHECK(f, ValueError, "spad_model_load: cannot open '", path, "'");
+        // Bounded whatever the path is (a device like /dev/zero, a pipe): the magic bytes
+        // first, then at most kMaxFileBytes; the parser bounds everything by what was read.
         unsigned char buf[4096];
         size_t got;
-        while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + got);
+        bool too_big = false, bad_magic = false;
+        while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) {
+            bytes.insert(bytes.end(), buf, buf + got);
+            if (bytes.size() >= 8 && std::memcmp(bytes.data(), kMagic, 8) != 0) bad_magic = true;
+            if (bytes.size() > kMaxFileBytes) too_big = true;
+            if (bad_magic || too_big) break;
+        }
         const bool err = std::ferror(f) != 0;
         std::fclose(f);
         SPAD_CHECK(!err, ValueError, "spad_model_load: read error on '", path, "'");
+        SPAD_CHECK(!bad_magic, ValueError, "spad_model_load: '", path,
+                   "' is not a spad model (the file does not start with \"SPADMODL\")");
+        SPAD_CHECK(!too_big, ValueError, "spad_model_load: '", path, "' is larger than ", kMaxFileBytes,
+                   " bytes; not a spad model");
     });
     if (s != SPAD_OK) return s;
     return spad_model_load_buffer(ctx, bytes.data(), bytes.size(), out);
@@ -279,7 +198,7 @@ spad_status spad_model_save(const spad_model_t *model, const char *path) {
         need(model && path, "spad_model_save", "model and path must not be NULL");
         Writer w;
         w.b.assign(kMagic, kMagic + 8);
-        w.u32(1);
+        w.u32(kVersion);
         w.u32((uint32_t)model->layers.size());
         w.u32((uint32_t)model->in_shape.size());
         for (int64_t d : model->in_shape) w.u32((uint32_t)d);
@@ -385,6 +304,15 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
             SPAD_CHECK(std::isfinite(value), ValueError, fn, ": the loss is ", value,
                        "; parameters left untouched (lower the learning rate?)");
             spad::backward(L, nullptr, false, false);
+        }
+        // A finite loss can still hide non-finite gradients (an inf activation behind a
+        // saturated unit) or parameters: check both before the first write.
+        for (size_t i = 0; i < ps.size(); ++i) {
+            SPAD_CHECK(spad::all_finite(ps[i]), ValueError, fn, ": parameter ", i, " of shape ",
+                       spad::shape_str(ps[i]->shape), " holds NaN or inf; parameters left untouched");
+            SPAD_CHECK(!ps[i]->grad || spad::all_finite(ps[i]->grad), ValueError, fn, ": the gradient of parameter ", i,
+                       " of shape ", spad::shape_str(ps[i]->shape),
+                       " holds NaN or inf (non-finite input or overflow?); parameters left untouched");
         }
         if (loss) *loss = value;
         spad::optim::sgd(ps, {}, lr, 0.0, false, 0.0);

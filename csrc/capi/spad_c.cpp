@@ -5,6 +5,8 @@
 // (that is undefined behaviour, and an embedded caller has no way to catch it).
 #include "capi_internal.h"
 
+#include <cmath>
+
 using namespace spad_capi;
 
 std::string &spad_capi::last_error() {
@@ -14,13 +16,12 @@ std::string &spad_capi::last_error() {
 
 namespace {
 
-spad::DType to_dtype(spad_dtype d, const char *fn) {
-    switch (d) {
-        case SPAD_F32: return spad::DType::F32;
-        case SPAD_F64: return spad::DType::F64;
-        case SPAD_I64: return spad::DType::I64;
-    }
-    throw ArgError(spad::str(fn, ": unknown dtype ", (int)d));
+spad::DType to_dtype(const spad_dtype &d, const char *fn) {
+    const long long v = enum_int(d);  // never load an unchecked value as the enum type
+    if (v == SPAD_F32) return spad::DType::F32;
+    if (v == SPAD_F64) return spad::DType::F64;
+    if (v == SPAD_I64) return spad::DType::I64;
+    throw ArgError(spad::str(fn, ": unknown dtype ", v, " (expected SPAD_F32, SPAD_F64 or SPAD_I64)"));
 }
 
 spad::Shape to_shape(int32_t ndim, const int64_t *shape, const char *fn) {
@@ -46,8 +47,10 @@ extern "C" {
 
 const char *spad_last_error(void) { return last_error().c_str(); }
 
-const char *spad_status_str(spad_status s) {
-    switch (s) {
+const char *spad_status_str(spad_status status) {
+    const long long v = enum_int(status);
+    if (v < SPAD_OK || v > SPAD_ERR_INTERNAL) return "unknown status";
+    switch ((spad_status)v) {
         case SPAD_OK: return "ok";
         case SPAD_ERR_VALUE: return "value error";
         case SPAD_ERR_TYPE: return "type error";
@@ -79,6 +82,10 @@ spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
         auto make = [&](void *buf, size_t bytes) -> std::unique_ptr<spad::Arena> {
             if (p.measure) return std::unique_ptr<spad::Arena>(new spad::Arena(spad::Arena::measuring()));
             if (bytes == 0) return nullptr;
+            // An owned arena is one heap block: refuse sizes that cannot be one (SIZE_MAX
+            // used to round up to an empty arena) with a clear message, not a later failure.
+            SPAD_CHECK(buf || bytes <= (size_t)INT64_MAX / 2, ValueError, "spad_ctx_init: an arena of ", bytes,
+                       " bytes cannot be reserved (too large); pass a smaller size or your own buffer");
             return std::unique_ptr<spad::Arena>(buf ? new spad::Arena(buf, bytes) : new spad::Arena(bytes));
         };
         ctx->step = make(p.step_arena, p.step_arena_bytes);
@@ -125,7 +132,7 @@ spad_status spad_tensor_from_data(spad_ctx_t *ctx, spad_dtype dtype, int32_t ndi
     const char *fn = "spad_tensor_from_data";
     return run_op(ctx, out, fn, [&] {
         spad::Tensor t = spad::empty(to_shape(ndim, shape, fn), to_dtype(dtype, fn));
-        const size_t n = (size_t)t->numel() * spad::dtype_size(t->dtype);
+        const size_t n = spad::checked_bytes(t->numel(), spad::dtype_size(t->dtype), fn);
         need(data || n == 0, fn, "data is NULL");
         if (n) std::memcpy(t->raw(), data, n);
         return t;
@@ -258,8 +265,10 @@ spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss) {
 // Plain SGD lives here until the core has an optimizer module; it is a loop, not policy.
 spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr) {
     return guard([&] {
-        const char *fn = "sgd_step";
+        const char *fn = "spad_sgd_step";
         need(ctx != nullptr, fn, "ctx is NULL");
+        SPAD_CHECK(std::isfinite(lr), ValueError, fn, ": lr must be a finite number, got ", lr,
+                   "; parameters left untouched");
         need(params || n_params == 0, fn, "params is NULL");
         CtxScope scope(ctx);
         // Validate everything first so that an error leaves every parameter untouched.

@@ -154,11 +154,43 @@ class Shape {
     uint32_t size_ = 0, cap_ = kInline;
 };
 
-inline int64_t numel_of(const Shape &s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
+// Error kinds map 1:1 onto Python exception types at the binding layer.
+struct ValueError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct TypeError : std::runtime_error { using std::runtime_error::runtime_error; };
+struct RuntimeError : std::runtime_error { using std::runtime_error::runtime_error; };
+// A tape budget was exceeded (devices); Python sees a MemoryError subclass-like RuntimeError.
+struct BudgetError : std::runtime_error { using std::runtime_error::runtime_error; };
+
+// Note [Checked sizes]
+//   Every size the core derives from user input (element counts, reshape targets, conv
+//   output sizes, padding, byte counts of allocations and arena requests, record sizes in
+//   model files) goes through the helpers below, never through a bare `*` or `+`: a
+//   wrapped product is a tiny allocation followed by a wild write. Element counts are
+//   capped at kMaxNumel, so that numel * (the largest item size) and the stride arithmetic
+//   of any view stay far from overflow in int64 and size_t alike.
+constexpr int64_t kMaxNumel = INT64_MAX / 16;
+
+// a * b for non-negative sizes; throws ValueError naming `what` if the product exceeds `limit`.
+inline int64_t checked_mul(int64_t a, int64_t b, const char *what, int64_t limit = kMaxNumel) {
+    int64_t r;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > limit)
+        throw ValueError(std::string(what) + ": size " + std::to_string(a) + " x " + std::to_string(b) +
+                         " is negative or too large (overflows the supported size " + std::to_string(limit) + ")");
+    return r;
 }
+// a + b for sizes (either may be negative, e.g. H - k); throws if the sum overflows `limit`.
+inline int64_t checked_add(int64_t a, int64_t b, const char *what, int64_t limit = kMaxNumel) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r) || r > limit || r < -limit)
+        throw ValueError(std::string(what) + ": size " + std::to_string(a) + " + " + std::to_string(b) +
+                         " is too large (overflows the supported size " + std::to_string(limit) + ")");
+    return r;
+}
+// Bytes of `numel` items of `item` bytes each, as size_t (checked like checked_mul).
+inline size_t checked_bytes(int64_t numel, size_t item, const char *what) {
+    return (size_t)checked_mul(numel, (int64_t)item, what, INT64_MAX / 2);
+}
+
 template <class V> inline std::string shape_str_impl(const V &s) {
     std::string r = "(";
     for (size_t i = 0; i < s.size(); ++i) {
@@ -170,12 +202,25 @@ template <class V> inline std::string shape_str_impl(const V &s) {
 inline std::string shape_str(const Shape &s) { return shape_str_impl(s); }
 inline std::string shape_str(const std::vector<int64_t> &s) { return shape_str_impl(s); }
 
-// Error kinds map 1:1 onto Python exception types at the binding layer.
-struct ValueError : std::runtime_error { using std::runtime_error::runtime_error; };
-struct TypeError : std::runtime_error { using std::runtime_error::runtime_error; };
-struct RuntimeError : std::runtime_error { using std::runtime_error::runtime_error; };
-// A tape budget was exceeded (devices); Python sees a MemoryError subclass-like RuntimeError.
-struct BudgetError : std::runtime_error { using std::runtime_error::runtime_error; };
+// The element count of a shape: ValueError for a negative dimension or a product beyond
+// kMaxNumel. The product of the non-zero dimensions is checked too (as numpy does), so a
+// shape like (0, 2**62, 2**62) is refused rather than giving strides that overflow.
+inline int64_t numel_of(const Shape &s) {
+    int64_t n = 1, nonzero = 1;
+    bool bad = false;
+    for (int64_t d : s) {
+        if (d < 0) bad = true;
+        if (d > 0 && (d > kMaxNumel || __builtin_mul_overflow(nonzero, d, &nonzero) || nonzero > kMaxNumel))
+            bad = true;
+        n *= d == 0 ? 0 : 1;
+    }
+    if (bad)
+        throw ValueError("shape " + shape_str(s) + (std::any_of(s.begin(), s.end(), [](int64_t d) { return d < 0; })
+                                                        ? " has a negative dimension"
+                                                        : " is too large (more than " + std::to_string(kMaxNumel) +
+                                                              " elements)"));
+    return n ? nonzero : 0;
+}
 
 namespace detail {
 inline void cat(std::ostringstream &) {}

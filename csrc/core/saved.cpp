@@ -28,9 +28,11 @@ static void charge_tape(const std::shared_ptr<Storage> &s, int sign) {
             }
             m.tape_bytes += (int64_t)s->nbytes;
             m.peak_tape_bytes = std::max(m.peak_tape_bytes, m.tape_bytes);
+            if (s->tape_hook) s->tape_hook(s->ctx, true);
         }
     } else if (--s->tape_refs == 0) {
         m.tape_bytes -= (int64_t)s->nbytes;
+        if (s->tape_hook) s->tape_hook(s->ctx, false);
     }
 }
 

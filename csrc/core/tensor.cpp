@@ -2,9 +2,11 @@
 
 #include "arena.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -77,7 +79,13 @@ Tensor empty(const Shape &shape, DType dt) {
     for (int64_t d : shape)
         SPAD_CHECK(d >= 0, ValueError, "negative dimension in shape ", shape_str(shape));
     auto t = std::make_shared<TensorImpl>();
-    t->storage = alloc_storage((size_t)numel_of(shape) * dtype_size(dt));
+    const size_t nbytes = checked_bytes(numel_of(shape), dtype_size(dt), "tensor allocation");
+    try {
+        t->storage = alloc_storage(nbytes);
+    } catch (const std::bad_alloc &) {  // say what could not be had (Python: MemoryError)
+        throw AllocError(str("out of memory: cannot allocate ", nbytes, " bytes (", nbytes >> 20, " MiB) for a ",
+                             dtype_name(dt), " tensor of shape ", shape_str(shape)));
+    }
     t->shape = shape;
     t->strides = contiguous_strides(shape);
     t->dtype = dt;
@@ -152,11 +160,23 @@ bool all_finite(const Tensor &t) {
     int64_t n = c->numel();
     bool ok = true;
     SPAD_FLOAT(c->dtype, T, {
-        const T *p = c->data<T>();
-        // Sum-based check vectorizes; a NaN or inf anywhere poisons the sum of x*0.
-        T acc = 0;
-        for (int64_t i = 0; i < n; ++i) acc += p[i] * T(0);
-        ok = acc == T(0);
+        // On the bits: NaN and inf are exactly the values whose exponent is all ones. An
+        // integer OR-reduction vectorizes (a float sum of x*0 does not without fast-math,
+        // and fit() runs this over every gradient and parameter each step).
+        using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+        const U exp = sizeof(T) == 4 ? (U)0x7f800000u : (U)0x7ff0000000000000ull;
+        const unsigned char *p = static_cast<const unsigned char *>(c->raw());
+        const int64_t block = 1024;
+        for (int64_t b = 0; b < n && ok; b += block) {
+            const int64_t e = std::min(n, b + block);
+            U all = 0;
+            for (int64_t i = b; i < e; ++i) {
+                U bits;
+                std::memcpy(&bits, p + i * sizeof(T), sizeof(T));
+                all |= (U)((bits & exp) == exp);
+            }
+            ok = all == 0;
+        }
     });
     return ok;
 }

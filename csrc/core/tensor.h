@@ -32,6 +32,10 @@ struct Storage {
     // Frees `data` (heap) or drops a borrowed owner (numpy): the core never knows which.
     void (*release)(void *data, void *ctx) = nullptr;
     void *ctx = nullptr;
+    // Called with held=true when the first saved payload takes this storage and false when
+    // the last lets go: a borrowed numpy array is made read-only meanwhile, because numpy
+    // writes bypass the version counter (Note [Saved tensor versions]). Null for core storage.
+    void (*tape_hook)(void *ctx, bool held) = nullptr;
     // Bumped by every in-place write (optimizer steps); saved payloads compare it at
     // unpack time. See Note [Saved tensor versions] in saved.h.
     uint64_t version = 0;

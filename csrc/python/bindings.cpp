@@ -2,13 +2,34 @@
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
 
+#include "../core/arena.h"
 #include "../core/conv.h"
 #include "../core/gemm.h"
+#include "../core/model_format.h"
 #include "../core/ops.h"
 #include "../core/optim.h"
 #include "../core/rng.h"
 #include "../core/sampler.h"
 #include "../core/sampler_util.h"
+
+// Note [None is not a Tensor]
+//   pybind11 converts None to a null std::shared_ptr for any Tensor argument, and every op
+//   would then dereference it (F.relu(None) was a segfault). Refused here, for every
+//   binding at once; the two optional tensors (linear's and conv2d's bias) take a py::object.
+namespace pybind11 {
+namespace detail {
+template <>
+class type_caster<std::shared_ptr<spad::TensorImpl>>
+    : public copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>> {
+  public:
+    bool load(handle src, bool convert) {
+        if (src.is_none()) return false;
+        return copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>>::load(src, convert);
+    }
+};
+}  // namespace detail
+}  // namespace pybind11
+
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -21,31 +42,74 @@ namespace {
 Tensor operand(const py::handle &h, const Tensor &like) {
     if (py::isinstance<TensorImpl>(h)) return h.cast<Tensor>();
     if (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr())) return scalar(h.cast<double>(), like->dtype);
-    if (py::isinstance<py::array>(h)) {
-        py::array a = h.cast<py::array>();
-        if (a.dtype().kind() != 'f')  // integer data joins a float op in the tensor's dtype
-            a = py::array(py::module_::import("numpy").attr("asarray")(a, np_dtype(like->dtype)));
-        return from_numpy(py::module_::import("numpy").attr("ascontiguousarray")(a));
+    py::module_ np = py::module_::import("numpy");
+    if (py::isinstance<py::array>(h) || py::isinstance<py::sequence>(h)) {
+        // A str is a sequence too, but `t + "a"` is a type error, not a failed float parse.
+        SPAD_CHECK(!py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h), TypeError,
+                   "unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor");
+        py::array a = py::isinstance<py::array>(h) ? h.cast<py::array>() : py::array(np.attr("asarray")(h));
+        const char kind = a.dtype().kind();
+        // Complex data would lose its imaginary part in a float op: refuse it (numpy only warns).
+        SPAD_CHECK(kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b', TypeError, "cannot use an operand of dtype ",
+                   std::string(py::str(a.dtype())), " with a ", dtype_name(like->dtype),
+                   " spad Tensor (expected real numbers: float, int or bool)");
+        // Integer, bool, float16, non-native byte order or a Python list joins the op in the
+        // tensor's dtype; a float32/float64 array keeps its own (a mismatch is an explicit error).
+        const bool keep = py::isinstance<py::array>(h) &&
+                          (a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()));
+        if (!keep) a = py::array(np.attr("asarray")(a, np_dtype(like->dtype)));
+        a = np.attr("ascontiguousarray")(a);
+        if (!a.writeable()) a = np.attr("array")(a);  // an operand is only read: a copy is cheap and safe
+        return from_numpy(a, true);
     }
-    // A str is a sequence too, but `t + "a"` is a type error, not a failed float parse.
-    if (py::isinstance<py::sequence>(h) && !py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h))
-        return from_numpy(py::module_::import("numpy").attr("asarray")(h, np_dtype(like->dtype)));
     throw TypeError(str("unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor"));
+}
+
+
+// One dimension of a shape argument: an integer that fits int64, else a message naming the
+// op and the value (pybind11's own is "incompatible function arguments").
+int64_t dim_arg(const char *op, const py::handle &h) {
+    SPAD_CHECK(!PyBool_Check(h.ptr()) && PyIndex_Check(h.ptr()), TypeError, op, ": shape entries must be integers, got ",
+               std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+    if (!i) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+    SPAD_CHECK(!overflow, ValueError, op, ": dimension ", std::string(py::str(i)), " is out of range (at most ",
+               kMaxNumel, " elements)");
+    return v;
 }
 
 std::vector<int64_t> axes_arg(const py::object &axis) {
     std::vector<int64_t> axes;
     if (axis.is_none()) return axes;
-    if (py::isinstance<py::int_>(axis)) return {axis.cast<int64_t>()};
-    for (auto a : axis) axes.push_back(a.cast<int64_t>());
+    if (PyIndex_Check(axis.ptr())) return {dim_arg("axis", axis)};
+    SPAD_CHECK(py::isinstance<py::sequence>(axis) && !py::isinstance<py::str>(axis), TypeError,
+               "axis must be None, an int or a tuple of ints, got ",
+               std::string(py::str(py::type::handle_of(axis).attr("__name__"))));
+    for (auto a : axis) axes.push_back(dim_arg("axis", a));
     SPAD_CHECK(!axes.empty(), ValueError, "axis=() is not supported; pass None to reduce over all axes");
     return axes;
 }
 
-Shape shape_args(const py::args &args) {
-    using V = std::vector<int64_t>;
-    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return Shape(args[0].cast<V>());
-    return Shape(args.cast<V>());
+// A flag argument by Python truthiness (numpy accepts any truthy keepdims).
+bool truthy(const py::object &o) {
+    const int r = PyObject_IsTrue(o.ptr());
+    if (r < 0) throw py::error_already_set();
+    return r != 0;
+}
+
+Shape shape_args(const char *op, const py::args &args) {
+    py::object seq = args;
+    if (args.size() == 1 && !PyIndex_Check(args[0].ptr())) {
+        SPAD_CHECK(py::isinstance<py::sequence>(args[0]) && !py::isinstance<py::str>(args[0]), TypeError, op,
+                   ": expected a shape (ints or a tuple of ints), got ",
+                   std::string(py::str(py::type::handle_of(args[0]).attr("__name__"))));
+        seq = args[0];
+    }
+    Shape s;
+    for (auto h : seq) s.push_back(dim_arg(op, h));
+    return s;
 }
 
 py::tuple shape_tuple(const Shape &s) {
@@ -83,6 +147,10 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(PyExc_RuntimeError, e.what());
         } catch (const BudgetError &e) {
             py::set_error(budget_exc, e.what());
+        } catch (const AllocError &e) {  // names the bytes and the shape (tensor.cpp, arena.cpp)
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const std::bad_alloc &) {
+            PyErr_SetString(PyExc_MemoryError, "spad: out of memory (a core allocation failed)");
         }
     });
 
@@ -120,7 +188,11 @@ PYBIND11_MODULE(_core, m) {
             })
         .def_property(
             "grad", [](const TensorImpl &t) { return t.grad; },
-            [](TensorImpl &t, const Tensor &g) {
+            [](TensorImpl &t, const py::object &o) {
+                SPAD_CHECK(o.is_none() || py::isinstance<TensorImpl>(o), TypeError,
+                           "grad: assigned a ", std::string(py::str(py::type::handle_of(o).attr("__name__"))),
+                           "; a gradient must be a spad Tensor or None (use spad.tensor(a) for an array)");
+                const Tensor g = o.is_none() ? Tensor() : o.cast<Tensor>();
                 if (g) {
                     SPAD_CHECK(g->shape == t.shape, ValueError, "grad: assigned gradient of shape ",
                                shape_str(g->shape), " to a tensor of shape ", shape_str(t.shape));
@@ -171,24 +243,24 @@ PYBIND11_MODULE(_core, m) {
                  return ops::pow(a, p.cast<double>());
              },
              py::is_operator())
-        .def("sum", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::sum(x, axes_arg(axis), keepdims);
+        .def("sum", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::sum(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Sum over axis (None: all; int or tuple).")
-        .def("mean", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::mean(x, axes_arg(axis), keepdims);
+        .def("mean", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::mean(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false, "Mean over axis (None: all; int or tuple).")
-        .def("max", [](const Tensor &x, const py::object &axis, bool keepdims) {
-                 return ops::max(x, axes_arg(axis), keepdims);
+        .def("max", [](const Tensor &x, const py::object &axis, const py::object &keepdims) {
+                 return ops::max(x, axes_arg(axis), truthy(keepdims));
              }, py::arg("axis") = py::none(), py::arg("keepdims") = false,
              "Maximum over axis; the gradient goes to the first maximal element.")
-        .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args(s)); })
+        .def("reshape", [](const Tensor &x, const py::args &s) { return ops::reshape(x, shape_args("reshape", s)); })
         .def("transpose", [](const Tensor &x, const py::args &a) {
                  if (a.size() == 0) {
                      std::vector<int64_t> p(x->ndim());
                      for (int64_t i = 0; i < x->ndim(); ++i) p[i] = x->ndim() - 1 - i;
                      return ops::permute(x, p);
                  }
-                 return ops::permute(x, shape_args(a).vec());
+                 return ops::permute(x, shape_args("transpose", a).vec());
              })
         .def_property_readonly("T", [](const Tensor &x) {
             std::vector<int64_t> p(x->ndim());
@@ -203,9 +275,17 @@ PYBIND11_MODULE(_core, m) {
         .def("relu", &ops::relu);
     // numpy defers mixed expressions (array + tensor) to the Tensor's reflected operators.
     T.attr("__array_ufunc__") = py::none();
+    // A numpy array passed where a Tensor is expected (F.relu(a), spad.matmul(a, t)) goes
+    // through spad.tensor's rules (shared if it can be, else copied; complex refused) instead
+    // of failing with pybind11's "incompatible function arguments".
+    T.def(py::init([](const py::array &a) { return py::module_::import("spad.tensor").attr("tensor")(a).cast<Tensor>(); }),
+          py::arg("array"));
+    py::implicitly_convertible<py::array, TensorImpl>();
 
     // ---- creation and interop ----
-    m.def("from_numpy", &from_numpy, py::arg("array"), "Borrow a float32/float64 array (no copy).");
+    m.def("from_numpy", &from_numpy, py::arg("array"), py::arg("guard_writes") = false,
+          "Borrow a float32/float64 array (no copy). guard_writes: read-only while the tape holds it\n"
+          "(Note [numpy writes under the tape] in numpy_bridge.h).");
     m.def("zeros", [](const std::vector<int64_t> &s, const py::dtype &d) { return zeros(Shape(s), dtype_of(d)); });
     m.def("full", [](const std::vector<int64_t> &s, double v, const py::dtype &d) {
         return full(Shape(s), v, dtype_of(d));
@@ -226,17 +306,31 @@ PYBIND11_MODULE(_core, m) {
           py::arg("pred"), py::arg("target"),
           "Mean squared error over all elements; target: a tensor or array-like of the same shape.");
     m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
-    m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor(),
+    m.def("linear", [](const Tensor &x, const Tensor &W, const py::object &b) {
+              return ops::linear(x, W, b.is_none() ? Tensor() : b.cast<Tensor>());
+          }, py::arg("x"), py::arg("W"), py::arg("b") = py::none(),
           "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
+    m.def("_first_nonfinite", [](const std::vector<Tensor> &ts, bool grads) -> int64_t {
+        py::gil_scoped_release nogil;
+        for (size_t i = 0; i < ts.size(); ++i) {
+            const Tensor &t = grads ? ts[i]->grad : ts[i];
+            if (t && is_floating(t->dtype) && !all_finite(t)) return (int64_t)i;
+        }
+        return -1;
+    }, py::arg("tensors"), py::arg("grads") = false,
+    "Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.");
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
     });
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
     m.def("expand", [](const Tensor &x, const std::vector<int64_t> &s) { return ops::expand(x, Shape(s)); });
-    m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
+    m.def("conv2d", [](const Tensor &x, const Tensor &w, const py::object &b, std::array<int64_t, 2> stride,
+                       std::array<int64_t, 2> padding) {
+              return ops::conv2d(x, w, b.is_none() ? Tensor() : b.cast<Tensor>(), stride, padding);
+          }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
           py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
     m.def("avg_pool2d", &ops::avg_pool2d, py::arg("x"), py::arg("k"));
@@ -335,6 +429,27 @@ PYBIND11_MODULE(_core, m) {
               "Copy src into dst in place and bump dst's version (parameter loads, averages).");
         m.def("bump_version", &optim::bump_version, "Mark a tensor's storage as overwritten from outside the core.");
     }
+
+    // ---- model files: the one reader (core/model_format.h) behind spad.load_model ----
+    m.def("_parse_model", [](const py::bytes &data) {
+        char *p = nullptr;
+        py::ssize_t n = 0;
+        PyBytes_AsStringAndSize(data.ptr(), &p, &n);
+        const auto *bytes = reinterpret_cast<const unsigned char *>(p);
+        const model_file::File f = model_file::parse(bytes, (size_t)n, "load_model");
+        py::list records;
+        for (const model_file::Record &r : f.records) {
+            py::list ts;
+            for (const model_file::TensorRecord &t : r.tensors) {
+                py::array_t<float> a(std::vector<py::ssize_t>(t.shape.begin(), t.shape.end()));
+                model_file::read_floats(bytes, t, a.mutable_data());
+                ts.append(a);
+            }
+            records.append(py::make_tuple(r.kind, py::cast(r.args), ts));
+        }
+        return py::make_tuple(shape_tuple(f.in_shape), records);
+    }, py::arg("data"), "Validate a model file's bytes: (input_shape, [(kind, args, [float32 arrays])]).");
+    m.attr("_MODEL_MAX_FILE_BYTES") = py::int_(model_file::kMaxFileBytes);
 
     // ---- kernels ----
     m.def("set_num_threads", &set_num_threads);

@@ -10,6 +10,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <unordered_map>
+
 #include "../core/tensor.h"
 
 namespace spad {
@@ -21,10 +23,45 @@ inline void release_pyobject(void *, void *ctx) {
     Py_DECREF(static_cast<PyObject *>(ctx));
 }
 
+// Note [numpy writes under the tape]
+//   The version counter cannot see a write made through numpy, so a borrowed array that a
+//   saved payload holds is made read-only (flags.writeable = False) from the moment the
+//   tape first saves it until the last payload is released (after backward), then made
+//   writeable again: `x[0] = 5` between forward and backward raises numpy's "assignment
+//   destination is read-only" instead of silently changing the gradient. Counted per
+//   array object, since several tensors may borrow the same array. Only borrows made with
+//   guard_writes (spad.tensor, spad.from_numpy, array operands) are guarded; internal
+//   buffers that bump the version themselves (DataLoader batches, optimizer state) are not.
+inline void numpy_tape_hook(void *ctx, bool held) {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    static std::unordered_map<PyObject *, int> holds;  // guarded by the GIL
+    PyObject *a = static_cast<PyObject *>(ctx);
+    int &n = holds[a];
+    const bool flip = held ? n++ == 0 : --n == 0;
+    if (n == 0) holds.erase(a);
+    if (!flip) return;
+    // Called from pack/release (release may run in a destructor): never throw from here.
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyObject *flags = PyObject_GetAttrString(a, "flags")) {
+        if (PyObject_SetAttrString(flags, "writeable", held ? Py_False : Py_True) != 0) PyErr_Clear();
+        Py_DECREF(flags);
+    } else {
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, value, tb);
+}
+
 inline DType dtype_of(const py::dtype &d) {
     if (d.is(py::dtype::of<float>())) return DType::F32;
     if (d.is(py::dtype::of<double>())) return DType::F64;
     if (d.is(py::dtype::of<int64_t>())) return DType::I64;
+    // A '>f4' array has kind 'f' and item size 4 too, but borrowing it would read its bytes
+    // in the wrong order. Callers that convert (spad.tensor, operands) fix the byte order
+    // before they get here; a borrow of such an array is refused.
+    SPAD_CHECK(py::cast<bool>(d.attr("isnative")), TypeError, "from_numpy: the array's byte order is not native (dtype ",
+               std::string(py::str(d.attr("str"))), "); spad.tensor(x) converts it");
     char k = d.kind();
     if (k == 'f' && d.itemsize() == 4) return DType::F32;
     if (k == 'f' && d.itemsize() == 8) return DType::F64;
@@ -45,7 +82,7 @@ inline py::dtype np_dtype(DType d) {
     return py::dtype::of<float>();
 }
 
-inline Tensor from_numpy(const py::array &a) {
+inline Tensor from_numpy(const py::array &a, bool guard_writes = false) {
     DType dt = dtype_of(a.dtype());
     const int64_t es = (int64_t)dtype_size(dt);
     SPAD_CHECK(a.writeable(), TypeError, "from_numpy: the array is read-only; spad.tensor(x) copies it");
@@ -67,6 +104,7 @@ inline Tensor from_numpy(const py::array &a) {
     Py_INCREF(owner);
     s->ctx = owner;
     s->release = release_pyobject;
+    if (guard_writes) s->tape_hook = numpy_tape_hook;
     t->storage = std::move(s);
     return t;
 }

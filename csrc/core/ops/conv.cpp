@@ -32,8 +32,15 @@ ConvGeom conv_geom(const Shape &x, const Shape &w, int64_t sh, int64_t sw, int64
                shape_str(x));
     SPAD_CHECK(ph >= 0 && pw >= 0, ValueError, "conv2d: padding must be >= 0, got (", ph, ", ", pw,
                ") for input ", shape_str(x));
-    SPAD_CHECK(x[2] + 2 * ph >= w[2] && x[3] + 2 * pw >= w[3], ValueError, "conv2d: kernel ", w[2], "x", w[3],
-               " is larger than the padded input ", x[2] + 2 * ph, "x", x[3] + 2 * pw, " (input ", shape_str(x),
+    // Padding beyond the kernel only adds output that sees zeros: bound it there (as a
+    // model file must, see model_format.h), which also keeps H + 2p far from overflow.
+    SPAD_CHECK(ph < w[2] && pw < w[3], ValueError, "conv2d: padding (", ph, ", ", pw,
+               ") must be smaller than the kernel ", w[2], "x", w[3], " (input ", shape_str(x), ")");
+    numel_of(x);
+    numel_of(w);
+    const int64_t Hp = checked_add(x[2], 2 * ph, "conv2d padded height"), Wp = checked_add(x[3], 2 * pw, "conv2d padded width");
+    SPAD_CHECK(Hp >= w[2] && Wp >= w[3], ValueError, "conv2d: kernel ", w[2], "x", w[3],
+               " is larger than the padded input ", Hp, "x", Wp, " (input ", shape_str(x),
                ", weight ", shape_str(w), ", padding (", ph, ", ", pw, "))");
     ConvGeom g;
     g.N = x[0];
@@ -47,8 +54,11 @@ ConvGeom conv_geom(const Shape &x, const Shape &w, int64_t sh, int64_t sw, int64
     g.sw = sw;
     g.ph = ph;
     g.pw = pw;
-    g.Ho = (g.H + 2 * ph - g.kh) / sh + 1;
-    g.Wo = (g.W + 2 * pw - g.kw) / sw + 1;
+    g.Ho = (Hp - g.kh) / sh + 1;
+    g.Wo = (Wp - g.kw) / sw + 1;
+    // The output, X_col and the weight's im2col width must all be addressable sizes.
+    numel_of({g.N, g.O, g.Ho, g.Wo});
+    checked_mul(checked_mul(g.N, g.Ho, "conv2d"), checked_mul(g.Wo, g.cols(), "conv2d"), "conv2d im2col");
     return g;
 }
 
@@ -292,7 +302,7 @@ Tensor max_pool2d(const Tensor &x, int64_t k) {
     check_pool("max_pool2d", x, k);
     // The tape keeps each maximum's position inside its k x k window, one byte per output
     // (an int64 flat offset would be 8): the window itself follows from the output position.
-    SPAD_CHECK(k * k <= 256, ValueError, "max_pool2d: kernel size ", k, " is too large (k*k must be <= 256) for input ",
+    SPAD_CHECK(k <= 16, ValueError, "max_pool2d: kernel size ", k, " is too large (k*k must be <= 256) for input ",
                shape_str(x->shape));
     const int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3], Ho = H / k, Wo = W / k;
     Tensor xc = contiguous(x);

@@ -214,14 +214,14 @@ static Tensor pack_bits_positive(const Tensor &x, Tensor &out) {
             uint8_t byte = 0;
             for (int j = 0; j < 8; ++j) {
                 const bool pos = p[i + j] > T(0);
-                o[i + j] = pos ? p[i + j] : T(0);
+                o[i + j] = pos || p[i + j] != p[i + j] ? p[i + j] : T(0);  // NaN propagates
                 byte |= (uint8_t)pos << j;
             }
             pb[i >> 3] = byte;
         }
         for (; i < n; ++i) {
             const bool pos = p[i] > T(0);
-            o[i] = pos ? p[i] : T(0);
+            o[i] = pos || p[i] != p[i] ? p[i] : T(0);
             pb[i >> 3] |= (uint8_t)pos << (i & 7);
         }
     });
@@ -236,7 +236,7 @@ Tensor relu(const Tensor &x_) {
         SPAD_FLOAT(x->dtype, T, {
             const T *p = x->data<T>();
             T *o = out->data<T>();
-            for (int64_t i = 0, e = x->numel(); i < e; ++i) o[i] = p[i] > T(0) ? p[i] : T(0);
+            for (int64_t i = 0, e = x->numel(); i < e; ++i) o[i] = !(p[i] <= T(0)) ? p[i] : T(0);  // NaN stays NaN
         });
         return out;
     }

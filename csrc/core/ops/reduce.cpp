@@ -98,7 +98,7 @@ Tensor max(const Tensor &x, std::vector<int64_t> axes_in, bool keepdims) {
         xp = contiguous(permute(x, perm));
     }
     int64_t R = 1;
-    for (int64_t a : axes) R *= x->shape[a];
+    for (int64_t a : axes) R = checked_mul(R, x->shape[a], "max");
     const int64_t M = R ? x->numel() / R : 0;
     SPAD_CHECK(R > 0 || x->numel() == 0, ValueError, "max: zero-size reduction over axes of shape ",
                shape_str(x->shape));
@@ -113,8 +113,14 @@ Tensor max(const Tensor &x, std::vector<int64_t> axes_in, bool keepdims) {
         for (int64_t m = 0; m < M; ++m) {
             const T *blk = p + m * R;
             int64_t best = 0;
-            for (int64_t r = 1; r < R; ++r)
+            // NaN propagates (numpy, PyTorch): the first NaN wins and ends the scan.
+            for (int64_t r = 0; r < R; ++r) {
+                if (blk[r] != blk[r]) {
+                    best = r;
+                    break;
+                }
                 if (blk[r] > blk[best]) best = r;
+            }
             o[m] = blk[best];
             pi[m] = m * R + best;
         }

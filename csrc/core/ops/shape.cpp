@@ -1,4 +1,5 @@
 // Shape ops: reshape, permute, take (all numpy indexing lowers to it), scatter_add, concat.
+#include <algorithm>
 #include <cstring>
 
 #include "../ops.h"
@@ -13,12 +14,17 @@ Tensor reshape(const Tensor &x, Shape shape) {
             SPAD_CHECK(infer < 0, ValueError, "reshape: only one dimension can be -1, got ", shape_str(shape));
             infer = (int64_t)i;
         } else {
-            SPAD_CHECK(shape[i] >= 0, ValueError, "reshape: invalid shape ", shape_str(shape));
-            known *= shape[i];
+            SPAD_CHECK(shape[i] >= 0, ValueError, "reshape: invalid shape ", shape_str(shape),
+                       " (dimensions must be >= 0, or one -1)");
+            SPAD_CHECK(shape[i] <= kMaxNumel, ValueError, "reshape: cannot reshape tensor of shape ",
+                       shape_str(x->shape), " into shape ", shape_str(shape), ": dimension ", shape[i], " is too large");
+            // The zero-free product (see Note [Checked sizes]); a 0 makes the count 0 anyway.
+            if (shape[i] > 0) known = checked_mul(known, shape[i], "reshape");
         }
     }
     if (infer >= 0) {
-        SPAD_CHECK(known > 0 && x->numel() % known == 0, ValueError, "reshape: cannot reshape tensor of shape ",
+        const bool has_zero = std::find(shape.begin(), shape.end(), 0) != shape.end();
+        SPAD_CHECK(!has_zero && x->numel() % known == 0, ValueError, "reshape: cannot reshape tensor of shape ",
                    shape_str(x->shape), " into shape ", shape_str(shape));
         shape[infer] = x->numel() / known;
     }
@@ -141,7 +147,7 @@ Tensor concat(const std::vector<Tensor> &xs, int64_t axis) {
         for (int64_t d = 0; ok && d < x0->ndim(); ++d) ok = d == axis || x->shape[d] == x0->shape[d];
         SPAD_CHECK(ok, ValueError, "concatenate: shapes ", shape_str(x0->shape), " and ", shape_str(x->shape),
                    " differ outside axis ", axis);
-        shape[axis] += x->shape[axis];
+        shape[axis] = checked_add(shape[axis], x->shape[axis], "concatenate");
     }
     Tensor out = empty(shape, x0->dtype);
     int64_t outer = 1, inner = 1;

@@ -156,7 +156,8 @@ spad_status spad_cross_entropy(spad_ctx_t *ctx, const spad_tensor_t *logits, con
  * call on the same graph fails with SPAD_ERR_RUNTIME. */
 spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss);
 /* p -= lr * p.grad for each parameter, in place; parameters without a gradient are skipped.
- * Checks every parameter before writing any, so a failure leaves all of them untouched. */
+ * Checks every parameter (and that lr is finite) before writing any, so a failure leaves all
+ * of them untouched. */
 spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr);
 
 /* ---- memory ---- */
@@ -205,7 +206,8 @@ spad_status spad_model_forward(spad_ctx_t *ctx, const spad_model_t *model, const
 /* One SGD step: forward under the context's policy, loss, backward, p -= lr * grad.
  * target: SPAD_I64 labels (B,) -> cross-entropy; float (B, outputs) -> mean squared error.
  * *loss (may be NULL) receives the loss before the update. On any failure (tape budget,
- * full arena, non-finite loss) every parameter is left untouched. Gradients are dropped
+ * full arena, a NaN/inf loss, gradient or parameter: SPAD_ERR_VALUE) every parameter is
+ * left untouched. Gradients are dropped
  * afterwards, so nothing of the step stays in the step arena. */
 spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const spad_tensor_t *x,
                                   const spad_tensor_t *target, double lr, double *loss);
