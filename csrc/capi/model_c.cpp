@@ -241,8 +241,7 @@ spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double k
 
 spad_status spad_ctx_step_begin(spad_ctx_t *ctx) {
     return guard([&] {
-        need(ctx != nullptr, "spad_ctx_step_begin", "ctx is NULL");
-        if (ctx->policy) spad::begin_step(*ctx->policy);
+        need(ctx != nullptr, "spad_ctx_step_begin", "ctx is NULL");  // steps begin on their own now
     });
 }
 
@@ -375,7 +374,6 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
         const spad::Tensor &yt = T(target, fn, "target");
         SPAD_CHECK(std::isfinite(lr) && lr >= 0, ValueError, fn, ": lr must be a finite number >= 0, got ", lr);
         CtxScope scope(ctx);
-        if (ctx->policy) spad::begin_step(*ctx->policy);
         for (const spad::Tensor &p : ps) p->grad.reset();
         double value;
         {

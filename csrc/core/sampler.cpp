@@ -19,22 +19,39 @@ using namespace sampling_detail;
 
 Policy::Policy(PolicyConfig c) : cfg(c) {}
 int64_t Policy::state_bytes() const {
+    std::lock_guard<std::mutex> lk(mu);
     int64_t b = 0;
     for (const auto &kv : sites) {
-        const SiteState &s = *kv.second;
+        SiteState &s = *kv.second;
+        std::lock_guard<std::mutex> slk(s.mu);
         b += (int64_t)(s.score.size() + s.dy_norm.size() + s.acc.size()) * 8 +
              (s.q ? (int64_t)s.q->storage->nbytes : 0);
     }
     return b;
 }
-bool Policy::scoring_step() const {
-    return cfg.kind == PolicyKind::SPAD && !cfg.sampled_scores && (step - 1) % cfg.refresh == 0;
+bool Policy::scoring_step(int64_t s) const {
+    return cfg.kind == PolicyKind::SPAD && !cfg.sampled_scores && (s - 1) % cfg.refresh == 0;
+}
+bool Policy::scoring_step() const { return scoring_step(step); }
+int64_t Policy::upcoming_step() const {
+    std::lock_guard<std::mutex> lk(mu);
+    const std::shared_ptr<StepToken> t = current.lock();
+    return !t || t->consumed ? step + 1 : step;
+}
+std::shared_ptr<StepToken> Policy::enter_step() {
+    std::shared_ptr<StepToken> t = current.lock();
+    if (!t || t->consumed) {  // Note [Policy clock]
+        t = std::make_shared<StepToken>();
+        current = t;
+        ++step;
+    }
+    ++visits;
+    return t;
 }
 
 static thread_local std::shared_ptr<Policy> g_active;
 void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
 const std::shared_ptr<Policy> &active_policy() { return g_active; }
-void begin_step(Policy &p) { p.step++; }
 
 // Walker/Vose alias table over a probability vector: O(1) draws, deterministic build,
 // so backward rebuilds exactly the table forward used from the stored q.
@@ -124,15 +141,14 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
 }
 
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
-    Policy *pol = g_active.get();
-    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
-        slot.pack_exact(x2d);
-        return;
-    }
+    PackScope scope(g_active.get());
+    if (scope.exact()) return scope.pack_exact(slot, x2d);
+    Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;
     Tensor x = contiguous(x2d);
     const int64_t B = x->shape[0], n = x->shape[1];
     std::shared_ptr<SiteState> site = site_for(*pol, W, n);
+    std::lock_guard<std::mutex> site_lock(site->mu);
     Estimator est = c.estimator;
     if (c.kind == PolicyKind::SPAD && c.sampled_scores && (pol->step - 1) % c.refresh == 0 && site->acc_steps > 0) {
         // Score now, follow later: the estimates gathered since the last refresh become q.
@@ -141,10 +157,10 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         site->acc.assign(n, 0.0);
         site->acc_steps = 0;
     }
-    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step())) {
+    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step(pol->step))) {
         slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
         slot.mode = (uint8_t)Estimator::SCORING;
-        slot.ctx = site;
+        slot.ctx = payload_ctx(site, scope.step);
         return;
     }
     if (est == Estimator::RAD_BLOCK) {
@@ -152,7 +168,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         if (bsz > 1) {
             pack_rad_blocks(*pol, slot, x, bsz);
             slot.mode = (uint8_t)est;
-            slot.ctx = site;
+            slot.ctx = payload_ctx(site, scope.step);
             return;
         }
         est = Estimator::RAD_DIFF;  // too narrow for blocks
@@ -285,7 +301,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
     slot.k = k;
     slot.scale = scale;
     slot.mode = (uint8_t)est;
-    slot.ctx = site;
+    slot.ctx = payload_ctx(site, scope.step);
 }
 
 // ---- backward: estimate dW ------------------------------------------------------------
@@ -445,12 +461,17 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     const char *op = op_name(n.op);
     if (slot.kind != SaveKind::SAMPLED) {
         const Tensor &x = slot.get(op);
-        if (slot.ctx && slot.mode == (uint8_t)Estimator::SCORING)
-            rescore(*std::static_pointer_cast<SiteState>(slot.ctx), x, g2d);
+        mark_read(slot);
+        if (slot.mode == (uint8_t)Estimator::SCORING) {
+            SiteState &site = *site_of(slot);
+            std::lock_guard<std::mutex> lk(site.mu);
+            rescore(site, x, g2d);
+        }
         return ops::matmul(ops::transpose(x, 0, 1), g2d);
     }
     check_first_order(slot, op);
-    SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
+    mark_read(slot);
+    SiteState &site = *site_of(slot);
     const Estimator est = (Estimator)slot.mode;
     Tensor g = contiguous(g2d);
     if (est == Estimator::RAD_BLOCK) return rad_block_weight_grad(slot, g, wshape);
@@ -472,8 +493,10 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                 std::vector<int32_t> feat(B * k);
                 for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
                 scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, feat);
-                if (est == Estimator::SPAD && site.cfg.sampled_scores)
+                if (est == Estimator::SPAD && site.cfg.sampled_scores) {
+                    std::lock_guard<std::mutex> lk(site.mu);
                     accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), feat);
+                }
                 break;
             }
             case Estimator::SPAD_MAG: {
@@ -522,7 +545,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
             case Estimator::BERNOULLI: {
                 Tensor gs = gather_rows(g, m, slot.aux, {k, m});
                 gemm(true, false, nf, m, k, T(1), pv, nf, gs->data<T>(), m, T(0), pw, m);
-                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step
+                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step (locks)
                 break;
             }
             default:
@@ -533,12 +556,12 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
 }
 
 Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tensor &W) {
-    const bool everywhere = slot.ctx && std::static_pointer_cast<SiteState>(slot.ctx)->cfg.everywhere;
+    const bool everywhere = site_of(slot) && site_of(slot)->cfg.everywhere;
     if (!everywhere) return ops::matmul(g2d, ops::transpose(W, 0, 1));
     // Research option: sample dy's columns per example (uniform, with replacement), so the
     // noise compounds through every layer below (RAD §3.3's exploding variance).
     check_first_order(slot, "linear");
-    const SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
+    const SiteState &site = *site_of(slot);
     Tensor g = contiguous(g2d);
     const int64_t B = g->shape[0], m = g->shape[1], km = keep_count(site.cfg.keep, m);
     const RandomStream rs = stream_of(slot, 1);
@@ -557,9 +580,10 @@ Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tens
 }
 
 // ---- elementwise leaf factors ----------------------------------------------------------
-bool pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
-    Policy *pol = g_active.get();
-    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) return false;
+void pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
+    PackScope scope(g_active.get());
+    if (scope.exact()) return scope.pack_exact(slot, other);
+    Policy *pol = scope.pol;
     Tensor x = contiguous(other);
     const int64_t N = x->numel();
     const double p = pol->cfg.keep;
@@ -579,10 +603,12 @@ bool pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
     slot.k = N;
     slot.scale = p;  // keep probability: the mask is regenerated from (seed, counter)
     slot.mode = (uint8_t)Estimator::ELEMENT;
-    return true;
+    slot.ctx = payload_ctx(nullptr, scope.step);
 }
 
 Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op) {
+    mark_read(slot);
+    if (slot.kind != SaveKind::SAMPLED) return slot.get(op);
     check_first_order(slot, op);
     const Tensor &vals = slot.value;
     Tensor out = zeros(shape, vals->dtype);

@@ -27,7 +27,9 @@
 // The placement rule (inject once, next to the parameter; dx stays exact) is the
 // default; placement="everywhere" also samples dy's columns before dx = dy W^T.
 #pragma once
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 
 #include "conv.h"
@@ -55,7 +57,9 @@ struct PolicyConfig {
     int64_t block = 1;           // RAD_BLOCK: features per block
 };
 
-// Per injection site (one per weight tensor) state that persists across steps.
+// Per injection site (one per weight tensor) state that persists across steps. `mu` guards
+// the mutable fields: forward packs read them, backward passes (which run without the GIL,
+// possibly on several threads) update them.
 struct SiteState {
     PolicyConfig cfg;
     int64_t n = 0;                 // input features
@@ -65,23 +69,40 @@ struct SiteState {
     std::vector<double> acc;       // SPAD (sampled scores): importance-weighted sum of x_bj^2 ||dy_b||^2
     int64_t acc_steps = 0;         //   ... over this many backward passes since the last refresh
     bool rescore = false;          // SPAD: the next backward refreshes the scores
+    std::mutex mu;
+};
+
+// Note [Policy clock]
+//   A policy's step is one forward pass through its sites, whatever the `use` blocks look
+//   like. Every payload packed under the policy holds the current step's token; a pack
+//   begins a new step when no payload of the current step is alive any more (backward freed
+//   them, or the graph was dropped) or when a backward pass has already read one of them
+//   (retain_graph). So one `use` around a training loop and one `use` per step see the same
+//   steps, and a site used twice in one pass (shared weights) stays in one step.
+struct StepToken {
+    std::atomic<bool> consumed{false};  // a backward pass read a payload of this step
 };
 
 struct Policy {
     PolicyConfig cfg;
     int64_t step = 0;          // forward passes begun under this policy
     uint64_t counter = 0;      // RNG counter: (cfg.seed, counter) is unique per payload
+    int64_t visits = 0;        // site packs recorded under this policy (use() warns when none)
     std::unordered_map<const Storage *, std::shared_ptr<SiteState>> sites;
+    std::weak_ptr<StepToken> current;
+    mutable std::mutex mu;     // guards everything above: one policy may be active on several threads
     explicit Policy(PolicyConfig c);
-    bool scoring_step() const;  // does the current step keep exact inputs to rescore?
-    int64_t state_bytes() const;  // persistent per-site state (scores, q, stale norms)
+    // Called (under mu) by every pack: the current step's token, beginning a new step if due.
+    std::shared_ptr<StepToken> enter_step();
+    int64_t upcoming_step() const;  // the step the next pack will belong to
+    bool scoring_step() const;      // does the current step keep exact inputs to rescore?
+    bool scoring_step(int64_t s) const;
+    int64_t state_bytes() const;    // persistent per-site state (scores, q, stale norms)
 };
 
-// The active policy (thread-local); null means exact. begin_step() is called once per
-// forward pass recorded under the policy.
+// The active policy (thread-local); null means exact.
 void set_active_policy(const std::shared_ptr<Policy> &p);
 const std::shared_ptr<Policy> &active_policy();
-void begin_step(Policy &p);
 
 void pack_weight_input(Node &n, SavedTensor &slot, const Tensor &x2d, const Tensor &W);
 Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);
@@ -90,7 +111,8 @@ Tensor input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Ten
 
 // Elementwise ops (model-agnostic sampling): `other` is saved only for the gradient of a
 // leaf parameter, so it may be stored Bernoulli-sampled (kept values + seed, weight 1/p).
-bool pack_leaf_factor(SavedTensor &slot, const Tensor &other);
+// Packs exactly when no policy is active (or keep = 1); unpack returns the factor either way.
+void pack_leaf_factor(SavedTensor &slot, const Tensor &other);
 Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);
 
 // conv2d: the saved tensor is the input x (N, C, H, W), never its im2col matrix. A

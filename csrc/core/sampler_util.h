@@ -35,6 +35,41 @@ inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n
     return s;
 }
 
+// What a payload packed under a policy keeps besides its data: the site whose state its
+// backward pass updates (null for elementwise factors) and its step (Note [Policy clock]).
+struct PayloadCtx {
+    std::shared_ptr<SiteState> site;
+    std::shared_ptr<StepToken> step;
+};
+inline std::shared_ptr<void> payload_ctx(std::shared_ptr<SiteState> site, std::shared_ptr<StepToken> step) {
+    return std::make_shared<PayloadCtx>(PayloadCtx{std::move(site), std::move(step)});
+}
+inline PayloadCtx *ctx_of(const SavedTensor &s) { return static_cast<PayloadCtx *>(s.ctx.get()); }
+inline SiteState *site_of(const SavedTensor &s) { return s.ctx ? ctx_of(s)->site.get() : nullptr; }
+// A backward pass reads the payload: the policy's next pack begins a new step.
+inline void mark_read(const SavedTensor &s) {
+    if (s.ctx && ctx_of(s)->step) ctx_of(s)->step->consumed = true;
+}
+
+// Every pack under an active policy: holds the policy's lock for the pack and joins (or
+// begins) the policy's current step. `exact()`: the policy keeps everything (keep = 1).
+struct PackScope {
+    Policy *pol;
+    std::unique_lock<std::mutex> lock;
+    std::shared_ptr<StepToken> step;
+    explicit PackScope(Policy *p) : pol(p) {
+        if (!p) return;
+        lock = std::unique_lock<std::mutex>(p->mu);
+        step = p->enter_step();
+    }
+    bool exact() const { return !pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0; }
+    // An exact save that still belongs to the policy's step.
+    void pack_exact(SavedTensor &slot, const Tensor &t) const {
+        slot.pack_exact(t);
+        if (pol) slot.ctx = payload_ctx(nullptr, step);
+    }
+};
+
 // A sampled payload holds values cut from the graph, so a recorded (create_graph) backward
 // through it would silently miss second-order terms: refuse instead.
 inline void check_first_order(const SavedTensor &slot, const char *op) {
@@ -137,8 +172,10 @@ inline Tensor gather_rows(const Tensor &t, int64_t F, const Tensor &rows, Shape 
 
 // Stale ||dy_r|| for the next step's CRS scores (g: R rows of F values).
 inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64_t F) {
-    site.dy_norm = row_norms2(g, R, F);
-    for (double &v : site.dy_norm) v = std::sqrt(v);
+    std::vector<double> norms = row_norms2(g, R, F);
+    for (double &v : norms) v = std::sqrt(v);
+    std::lock_guard<std::mutex> lk(site.mu);
+    site.dy_norm = std::move(norms);
 }
 
 // RAD different-sample in feature blocks (sampler_block.cpp). rad_block_size() is the

@@ -302,13 +302,18 @@ PYBIND11_MODULE(_core, m) {
              py::arg("kind"), py::arg("estimator"), py::arg("keep"), py::arg("deterministic"), py::arg("refresh"),
              py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"),
              py::arg("sampled_scores") = true, py::arg("block") = 1)
-        .def_readonly("step", &Policy::step)
-        .def("scoring_step", &Policy::scoring_step)
+        .def_property_readonly("step", [](const Policy &p) { std::lock_guard<std::mutex> lk(p.mu); return p.step; })
+        .def_property_readonly("visits", [](const Policy &p) { std::lock_guard<std::mutex> lk(p.mu); return p.visits; },
+                               "Site packs recorded under this policy so far.")
+        .def("upcoming_step", &Policy::upcoming_step, "The step the next forward pass through a site belongs to.")
         .def("state_bytes", &Policy::state_bytes)
-        .def("begin_step", [](Policy &p) { begin_step(p); })
         .def("site_scores", [](const Policy &p) {
+            std::lock_guard<std::mutex> lk(p.mu);
             py::list out;
-            for (const auto &kv : p.sites) out.append(py::array(py::cast(kv.second->score)));
+            for (const auto &kv : p.sites) {
+                std::lock_guard<std::mutex> slk(kv.second->mu);
+                out.append(py::array(py::cast(kv.second->score)));
+            }
             return out;
         });
     m.def("rad_block_size", &sampling_detail::rad_block_size, py::arg("block"), py::arg("k"),
