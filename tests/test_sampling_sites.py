@@ -216,3 +216,33 @@ def test_elementwise_variance_matches_formula():
     st = S.estimate_variance(loss_fn, [a], S.RAD(0.4, seed=10), draws=DRAWS)
     chi2_ok(st, [a])
     assert abs(st[0]["variance"] / want - 1) < 0.10, (st[0]["variance"], want)
+
+
+def test_magnitude_blocks_on_wide_layers():
+    """SPAD's magnitude paths on a layer keeping >= 16 values per example: blocks of 16
+    features drawn ∝ their L2 norm (systematic draws). Unbiased, variance at most the i.i.d.
+    value sum_b ((sum_β ||x_bβ||)^2 - ||x_b||^2) ||dy_b||^2 / kb, below uniform blocks' here."""
+    rng = np.random.default_rng(11)
+    Bb, n, m, bs = 24, 256, 5, 16
+    X = rng.standard_normal((Bb, n)) * np.repeat(rng.uniform(0.5, 2.0, n // bs) ** 2, bs)  # uneven blocks
+    X[X < 0] = 0  # ReLU-like
+    Wn = rng.standard_normal((n, m)) * 0.1
+    W = spad.tensor(Wn, requires_grad=True)
+    x, y = spad.tensor(X), spad.tensor(rng.standard_normal((Bb, m)))
+
+    def loss_fn():
+        return F.mse_loss(F.linear(x, W), y)
+
+    dY = 2 * (X @ Wn - y.numpy()) / (Bb * m)
+    kb = 2  # keep 0.125: 32 values per example = 2 blocks of 16
+    st = S.estimate_variance(loss_fn, [W], S.SPAD(0.125, seed=12), draws=DRAWS)
+    chi2_ok(st, [W])
+    bn = np.sqrt((X.reshape(Bb, n // bs, bs) ** 2).sum(2))
+    g2 = (dY ** 2).sum(1)
+    bound = ((bn.sum(1) ** 2 - (X ** 2).sum(1)) * g2).sum() / kb
+    uniform = (n - bs) / (kb * bs) * ((X ** 2).sum(1) * g2).sum()
+    assert 0 < st[0]["variance"] < 1.1 * bound < uniform, (st[0]["variance"], bound, uniform)
+    with S.use(S.SPAD(0.125)):  # kb blocks of 16 values + a 2-byte block index each, per example
+        out = F.linear(x, W).sum()
+    assert spad.memory_stats()["tape_bytes"] == Bb * kb * (bs * 8 + 2)
+    out.backward()

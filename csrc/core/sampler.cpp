@@ -140,6 +140,46 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
     return R;
 }
 
+// SPAD magnitude paths: per row b, k draws of a feature j with probability |x_bj| / ||x_b||_1,
+// each kept as the code ±(j+1) (the sign of x_bj); the entry's value is sign * ||x_b||_1 / k.
+// Systematic draws: one uniform U per row, draw t at mass (t + U) * ||x_b||_1 / k. Each draw
+// is still marginally ∝ |x_bj| (unbiased), feature j is drawn ceil(y_j) - ceil(y_{j-1})
+// times with y_j = (prefix mass up to j) / step - U, so one branch-light sweep emits the
+// codes in feature order, and the variance is at most the i.i.d. one.
+template <class T, class C>
+static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const RandomStream &rs, C *codes,
+                            T *scale_b) {
+    std::vector<C> row(n + k + 1);
+    for (int64_t b = 0; b < B; ++b) {
+        const T *xb = px + b * n;
+        C *out = codes + b * k;
+        const double l1 = sum8(xb, n, [](double v) { return std::fabs(v); });
+        scale_b[b] = (T)(l1 / (double)k);
+        if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
+            std::fill(out, out + k, C(0));
+            continue;
+        }
+        const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
+        double mass = 0;
+        int64_t pos = 0, prev = 0;  // prev = ceil(y_{j-1}); y_{-1} = -u, ceil = 0
+        for (int64_t j = 0; j < n; ++j) {
+            mass += std::fabs((double)xb[j]);
+            const int64_t now = (int64_t)std::ceil(mass * inv_step - u), cnt = now - prev;
+            const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
+            row[pos] = code;  // written even when cnt = 0: the next feature overwrites it
+            if (cnt > 1) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
+            pos += cnt;
+            prev = now;
+        }
+        // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
+        for (int64_t j = n - 1; pos < k; ++pos) {
+            while (j > 0 && xb[j] == 0) --j;
+            row[pos] = (C)(xb[j] < 0 ? -(j + 1) : (j + 1));
+        }
+        std::copy(row.begin(), row.begin() + k, out);
+    }
+}
+
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
     PackScope scope(g_active.get());
     if (scope.exact()) return scope.pack_exact(slot, x2d);
@@ -160,6 +200,12 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
     if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step(pol->step))) {
         slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
         slot.mode = (uint8_t)Estimator::SCORING;
+        slot.ctx = payload_ctx(site, scope.step);
+        return;
+    }
+    if (est == Estimator::SPAD_MAG && rad_block_size(kMagnitudeBlock, keep_count(c.keep, n)) >= kMagnitudeBlock) {
+        pack_magnitude_blocks(*pol, slot, x, kMagnitudeBlock);
+        slot.mode = (uint8_t)Estimator::MAG_BLOCK;
         slot.ctx = payload_ctx(site, scope.step);
         return;
     }
@@ -225,50 +271,14 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                 // (4-byte when n > 32767) signed indices, less one scale per row.
                 const int64_t isz = (int64_t)dtype_size(x->dtype), eb = n > 32767 ? 4 : 2;
                 k = std::max<int64_t>(1, ((int64_t)std::llround(c.keep * (double)n) * isz - isz) / eb);
-                rs = reserve(*pol, (uint64_t)(B * k));
+                rs = reserve(*pol, (uint64_t)B);
                 values = empty({B * k * eb}, DType::U8);
                 aux = empty({B}, x->dtype);
                 T *scale_b = aux->data<T>();
-                uint8_t *codes = values->data<uint8_t>();
-                auto put = [&](int64_t e, int64_t code) {
-                    if (eb == 2) {
-                        const int16_t c16 = (int16_t)code;
-                        std::memcpy(codes + 2 * e, &c16, 2);
-                    } else {
-                        const int32_t c32 = (int32_t)code;
-                        std::memcpy(codes + 4 * e, &c32, 4);
-                    }
-                };
-                for (int64_t b = 0; b < B; ++b) {
-                    const T *xb = px + b * n;
-                    double l1 = 0;
-                    for (int64_t j = 0; j < n; ++j) l1 += std::fabs((double)xb[j]);
-                    scale_b[b] = (T)(l1 / (double)k);
-                    if (!(l1 > 0)) {  // all-zero row: every entry is worth 0
-                        for (int64_t t = 0; t < k; ++t) put(b * k + t, 0);
-                        continue;
-                    }
-                    // Stratified draws: the t-th falls uniformly in the t-th k-quantile of the
-                    // |x_b| mass. Each draw is still marginally ∝ |x_bj|, so the estimate stays
-                    // unbiased, its variance is at most the i.i.d. one, and the draws come out
-                    // sorted, so one sweep over the features places them all.
-                    const double step = l1 / (double)k;
-                    int64_t t = 0;
-                    double mass = 0, u = rs.uniform((uint64_t)(b * k)) * step;
-                    for (int64_t j = 0; j < n && t < k; ++j) {
-                        mass += std::fabs((double)xb[j]);
-                        const int64_t neg = xb[j] < 0, code = ((j + 1) ^ -neg) + neg;  // ±(j+1), no branch
-                        while (t < k && u < mass) {
-                            put(b * k + t, code);
-                            ++t;
-                            u = ((double)t + rs.uniform((uint64_t)(b * k + t))) * step;
-                        }
-                    }
-                    for (int64_t j = n - 1; t < k; ++t) {  // rounding left draws past the end
-                        while (j > 0 && xb[j] == 0) --j;
-                        put(b * k + t, xb[j] < 0 ? -(j + 1) : (j + 1));
-                    }
-                }
+                if (eb == 2)
+                    magnitude_paths<T, int16_t>(px, B, n, k, rs, values->data<int16_t>(), scale_b);
+                else
+                    magnitude_paths<T, int32_t>(px, B, n, k, rs, values->data<int32_t>(), scale_b);
                 break;
             }
             case Estimator::SPAD_TOPK: {
@@ -305,14 +315,15 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
 }
 
 // ---- backward: estimate dW ------------------------------------------------------------
-// dW[i,:] += v_e * g[b_e,:] for entries e with feature i: entries are bucketed by feature
-// (stable counting sort, so the summation order is fixed), then each dW row is built in
-// register-sized column chunks: every entry of the bucket is folded into the chunk before
-// it is stored, so the loop costs one load of g per multiply-add. Work: B*k*m
-// multiply-adds, p times the exact GEMM's.
-// row[0:C] += sum_o v[o] * g[goff[o] : goff[o] + C], with the C accumulators in registers.
-// Written with GCC/Clang vector types because auto-vectorizers tend to vectorize across
-// the entries (gathers) instead of across the columns; other compilers get plain loops.
+// dW[i,:] = sum over entries e with feature i of v_e * g[b_e,:]. Entries are bucketed by
+// feature (stable counting sort, so the summation order is fixed); then each dW row is
+// built in register-sized column chunks: every entry of the bucket is folded into the
+// chunk before it is stored, so each output value is written once, row after row (dW is
+// written in memory order; dy, B rows, stays in cache). Work: B*k*m multiply-adds.
+// row[0:C] = sum_o v[o] * g[goff[o] : goff[o] + C], with the C accumulators in registers.
+// Written with GCC/Clang vector types (portable: the compiler lowers them to the widest
+// vectors the target has) because auto-vectorizers tend to vectorize across the entries
+// (gathers) instead of across the columns; other compilers get plain loops.
 #if defined(__GNUC__)
 template <class T, int C>
 static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
@@ -368,11 +379,10 @@ static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *v
     // Entries in feature order (then example order, the sort is stable): the row of dy they
     // read and their scaled value. Repeated draws of one (feature, example) — frequent when
     // sampling is proportional to magnitude — are merged into one multiply-add.
-    std::vector<int64_t> boff;
+    std::vector<int64_t> goff;
     std::vector<T> v;
-    boff.reserve(E);
+    goff.reserve(E);
     v.reserve(E);
-    constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
     std::vector<int32_t> cstart(n + 1, 0);
     for (int64_t i = 0; i < n; ++i) {
         cstart[i] = (int32_t)v.size();
@@ -383,31 +393,27 @@ static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *v
             if (b == last_b) {
                 v.back() += val;
             } else {
-                boff.push_back(b * C);
+                goff.push_back(b * m);
                 v.push_back(val);
                 last_b = b;
             }
         }
     }
     cstart[n] = (int32_t)v.size();
-    // Column blocks outermost: the block of C columns of dy (B rows) is copied into a packed
-    // B x C buffer (dy's rows are m apart, which would alias into few L1 sets) and stays in
-    // L1 while every feature row folds its entries into it.
-    std::vector<T> blk((size_t)B * C);
-    int64_t j0 = 0;
-    for (; j0 + C <= m; j0 += C) {
-        for (int64_t b = 0; b < B; ++b) std::memcpy(&blk[b * C], g + b * m + j0, C * sizeof(T));
-        for (int64_t i = 0; i < n; ++i)
-            fold_chunk<T, C>(dW + i * m + j0, blk.data(), boff.data() + cstart[i], v.data() + cstart[i],
-                             cstart[i + 1] - cstart[i]);
-    }
-    if (j0 < m)  // the ragged tail
-        for (int64_t i = 0; i < n; ++i) {
-            T *row = dW + i * m;
-            std::fill(row + j0, row + m, T(0));
-            for (int32_t o = cstart[i]; o < cstart[i + 1]; ++o)
-                for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[boff[o] / C * m + j];
+    constexpr int C = 32 / sizeof(T) * 4;  // four 256-bit vectors' worth of columns
+    for (int64_t i = 0; i < n; ++i) {
+        T *row = dW + i * m;
+        const int64_t *go = goff.data() + cstart[i];
+        const T *vi = v.data() + cstart[i];
+        const int32_t cnt = cstart[i + 1] - cstart[i];
+        int64_t j0 = 0;
+        for (; j0 + C <= m; j0 += C) fold_chunk<T, C>(row + j0, g + j0, go, vi, cnt);
+        for (int64_t j = j0; j < m; ++j) {  // the ragged tail
+            T a = 0;
+            for (int32_t o = 0; o < cnt; ++o) a += vi[o] * g[go[o] + j];
+            row[j] = a;
         }
+    }
 }
 
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static
@@ -474,11 +480,11 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     SiteState &site = *site_of(slot);
     const Estimator est = (Estimator)slot.mode;
     Tensor g = contiguous(g2d);
-    if (est == Estimator::RAD_BLOCK) return rad_block_weight_grad(slot, g, wshape);
+    if (est == Estimator::RAD_BLOCK || est == Estimator::MAG_BLOCK) return rad_block_weight_grad(slot, g, wshape);
     const Tensor &vals = slot.value;
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
     // The per-example estimators write every row of dW themselves; the others accumulate into zeros.
-    const bool writes_all = est == Estimator::RAD_DIFF || est == Estimator::SPAD || est == Estimator::SPAD_MAG;
+    const bool writes_all = est != Estimator::RAD_SAME && est != Estimator::SPAD_TOPK;
     Tensor dW = writes_all ? empty(wshape, g->dtype) : zeros(wshape, g->dtype);
     const RandomStream rs = stream_of(slot);
     SPAD_FLOAT(g->dtype, T, {

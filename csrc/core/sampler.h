@@ -20,7 +20,9 @@
 //              distribution, known in forward; stratified over the k quantiles of the |x_b|
 //              mass): each kept entry is sign(x_bj) * ||x_b||_1 / k,
 //              so the tape holds a 2-byte signed index per entry + one scale per row, and
-//              `keep` buys twice the entries RAD gets for the same bytes
+//              `keep` buys twice the entries RAD gets for the same bytes. Systematic draws.
+//   MAG_BLOCK  SPAD_MAG on wide layers: blocks of 16 features drawn ∝ their L2 norm
+//              (sampler_block.cpp), values scaled and stored, backward by RAD's block kernel
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
 //   SCORING    an exact save whose backward pass refreshes a site's feature scores
 //              (SPAD with exact scoring; by default SPAD scores from its sampled passes)
@@ -39,7 +41,8 @@ namespace spad {
 
 enum class PolicyKind : uint8_t { EXACT, RAD, CRS, SPAD };
 enum class Estimator : uint8_t {
-    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG, RAD_BLOCK
+    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG, RAD_BLOCK,
+    MAG_BLOCK
 };
 
 struct PolicyConfig {

@@ -110,16 +110,23 @@ inline void crs_rows(const std::vector<double> &score, int64_t s, int64_t C, con
     }
 }
 
+// sum_j f(p[j]) in double, over eight interleaved partial sums: independent add chains the
+// compiler can vectorize, in a fixed order (deterministic).
+template <class T, class Fn> inline double sum8(const T *p, int64_t n, Fn f) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; ++u) a[u] += f((double)p[j + u]);
+    for (int u = 0; j < n; ++j, ++u) a[u] += f((double)p[j]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 // Squared norms of the R rows (F contiguous values each) of a float tensor, as doubles.
 inline std::vector<double> row_norms2(const Tensor &t, int64_t R, int64_t F) {
     std::vector<double> out(R, 0.0);
     SPAD_FLOAT(t->dtype, T, {
         const T *p = t->data<T>();
-        for (int64_t r = 0; r < R; ++r) {
-            double a = 0;
-            for (int64_t j = 0; j < F; ++j) a += (double)p[r * F + j] * (double)p[r * F + j];
-            out[r] = a;
-        }
+        for (int64_t r = 0; r < R; ++r) out[r] = sum8(p + r * F, F, [](double v) { return v * v; });
     });
     return out;
 }
@@ -183,6 +190,12 @@ inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64
 int64_t rad_block_size(int64_t block, int64_t k);
 void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
 Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape);
+// SPAD magnitude paths in blocks of bsz features (wide layers), read back by rad_block_weight_grad.
+void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
+// Layers keeping at least this many values per example sample SPAD's magnitude paths in
+// blocks (backward at GEMM-like speed); narrower ones draw single features (2-byte entries,
+// lower variance for the same bytes, and a backward that costs little there anyway).
+constexpr int64_t kMagnitudeBlock = 16;
 
 }  // namespace sampling_detail
 }  // namespace spad
