@@ -7,8 +7,7 @@
 #include "../core/ops.h"
 #include "../core/optim.h"
 #include "../core/rng.h"
-#include "../core/sampler.h"
-#include "../core/sampler_util.h"
+#include "../core/sampling/sampling.h"
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
@@ -316,7 +315,7 @@ PYBIND11_MODULE(_core, m) {
             }
             return out;
         });
-    m.def("rad_block_size", &sampling_detail::rad_block_size, py::arg("block"), py::arg("k"),
+    m.def("rad_block_size", &rad_block_size, py::arg("block"), py::arg("k"),
           "Block size RAD(mode='different', block=...) uses for a layer keeping k values per example.");
     m.def("set_active_policy", [](const std::shared_ptr<Policy> &p) { set_active_policy(p); }, py::arg("policy").none(true));
     m.def("active_policy", &active_policy);

@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #include "../ops.h"
-#include "../sampler.h"
+#include "../sampling/sampling.h"
 
 namespace spad {
 namespace ops {
@@ -107,7 +107,10 @@ static void save_mul(Node &n, const Tensor &a, const Tensor &b, const Tensor &) 
 }
 static Tensor factor(Node &n, int i) {
     const SavedTensor &s = n.saved[i];
-    return s.ctx ? unpack_leaf_factor(s, n.in_shape[i], "mul") : s.get("mul");
+    if (is_sampled(s)) return unpack_leaf_factor(s, n.in_shape[i], "mul");
+    const Tensor &v = s.get("mul");
+    note_read(s);
+    return v;
 }
 BINARY_FWD(mul, MUL, x *y)
 }  // namespace ops

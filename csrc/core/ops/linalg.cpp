@@ -6,7 +6,7 @@
 
 #include "../gemm.h"
 #include "../ops.h"
-#include "../sampler.h"
+#include "../sampling/sampling.h"
 
 namespace spad {
 namespace ops {
@@ -141,19 +141,27 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
 }
 }  // namespace ops
 using namespace ops;
+// dW = x^T g from the payload pack_weight_input() made: sampled, or the exact input.
+static Tensor weight_input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
+    if (is_sampled(slot)) return sampled_weight_grad(n, slot, g2d, wshape);
+    const Tensor &x = slot.get(op_name(n.op));
+    note_exact_read(slot, x, g2d);
+    return matmul(transpose(x, 0, 1), g2d);
+}
+
 void backward_MATMUL(Node &n, const Tensor &g, Tensor *gin) {
     if (n.needs(0)) {
         const Shape &ws = n.in_shape[0];
-        if (n.at.i0 & 2)  // W @ x: dW^T = (x^T rows)^T (g^T rows), estimated from the payload
+        if (n.at.i0 & 2)  // W @ x: dW^T = (x^T rows)^T (g^T rows), from the payload
             gin[0] = contiguous(transpose(
-                weight_grad(n, n.saved[1], reshape(transpose(g, -1, -2), {-1, ws[0]}), {ws[1], ws[0]}), 0, 1));
+                weight_input_grad(n, n.saved[1], reshape(transpose(g, -1, -2), {-1, ws[0]}), {ws[1], ws[0]}), 0, 1));
         else
             gin[0] = sum_to(matmul(g, transpose(n.saved[1].get("matmul"), -1, -2)), ws);
     }
     if (n.needs(1)) {
         const Shape &ws = n.in_shape[1];
         if (n.at.i0 & 1)  // x @ W: dW = x^T g over all rows of the batch dimensions
-            gin[1] = weight_grad(n, n.saved[0], reshape(g, {-1, ws[1]}), ws);
+            gin[1] = weight_input_grad(n, n.saved[0], reshape(g, {-1, ws[1]}), ws);
         else
             gin[1] = sum_to(matmul(transpose(n.saved[0].get("matmul"), -1, -2), g), ws);
     }
@@ -205,8 +213,12 @@ void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     const int64_t R = n.at.i0;
     const Shape &ws = n.in_shape[1];
     Tensor g2 = reshape(g, {R, ws[1]});
-    if (n.needs(0)) gin[0] = reshape(input_grad(n, n.saved[0], g2, n.saved[1].get("linear")), n.in_shape[0]);
-    if (n.needs(1)) gin[1] = weight_grad(n, n.saved[0], g2, ws);
+    if (n.needs(0)) {
+        // exact dx = g W^T (a sampled g only under the research option placement="everywhere")
+        const Tensor gd = n.needs(1) ? output_grad_for_dx(n.saved[0], g2) : g2;
+        gin[0] = reshape(matmul(gd, transpose(n.saved[1].get("linear"), 0, 1)), n.in_shape[0]);
+    }
+    if (n.needs(1)) gin[1] = weight_input_grad(n, n.saved[0], g2, ws);
     if (n.needs(2)) gin[2] = sum(g2, {0}, false);
 }
 

@@ -1,57 +1,18 @@
-// Sampled payloads for weight gradients: pack in forward, estimate dW in backward.
-// See sampler.h for the estimators and DESIGN.md §1 for their variances.
-#include "sampler.h"
-
+// Sampled payloads for weight gradients of linear layers and matmuls: pack in forward,
+// estimate dW in backward. See sampling.h for the estimators and DESIGN.md §1 for their
+// variances. The exact paths (no policy, scoring passes) are the ops' own (ops/linalg.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "arena.h"
-#include "gemm.h"
-#include "ops.h"
-#include "rng.h"
-#include "sampler_util.h"
+#include "../arena.h"
+#include "../gemm.h"
+#include "detail.h"
 
 namespace spad {
 
 using namespace sampling_detail;
-
-Policy::Policy(PolicyConfig c) : cfg(c) {}
-int64_t Policy::state_bytes() const {
-    std::lock_guard<std::mutex> lk(mu);
-    int64_t b = 0;
-    for (const auto &kv : sites) {
-        SiteState &s = *kv.second;
-        std::lock_guard<std::mutex> slk(s.mu);
-        b += (int64_t)(s.score.size() + s.dy_norm.size() + s.acc.size()) * 8 +
-             (s.q ? (int64_t)s.q->storage->nbytes : 0);
-    }
-    return b;
-}
-bool Policy::scoring_step(int64_t s) const {
-    return cfg.kind == PolicyKind::SPAD && !cfg.sampled_scores && (s - 1) % cfg.refresh == 0;
-}
-bool Policy::scoring_step() const { return scoring_step(step); }
-int64_t Policy::upcoming_step() const {
-    std::lock_guard<std::mutex> lk(mu);
-    const std::shared_ptr<StepToken> t = current.lock();
-    return !t || t->consumed ? step + 1 : step;
-}
-std::shared_ptr<StepToken> Policy::enter_step() {
-    std::shared_ptr<StepToken> t = current.lock();
-    if (!t || t->consumed) {  // Note [Policy clock]
-        t = std::make_shared<StepToken>();
-        current = t;
-        ++step;
-    }
-    ++visits;
-    return t;
-}
-
-static thread_local std::shared_ptr<Policy> g_active;
-void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
-const std::shared_ptr<Policy> &active_policy() { return g_active; }
 
 // Walker/Vose alias table over a probability vector: O(1) draws, deterministic build,
 // so backward rebuilds exactly the table forward used from the stored q.
@@ -181,7 +142,7 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
 }
 
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
-    PackScope scope(g_active.get());
+    PackScope scope(active_policy().get());
     if (scope.exact()) return scope.pack_exact(slot, x2d);
     Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;
@@ -314,108 +275,6 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
     slot.ctx = payload_ctx(site, scope.step);
 }
 
-// ---- backward: estimate dW ------------------------------------------------------------
-// dW[i,:] = sum over entries e with feature i of v_e * g[b_e,:]. Entries are bucketed by
-// feature (stable counting sort, so the summation order is fixed); then each dW row is
-// built in register-sized column chunks: every entry of the bucket is folded into the
-// chunk before it is stored, so each output value is written once, row after row (dW is
-// written in memory order; dy, B rows, stays in cache). Work: B*k*m multiply-adds.
-// row[0:C] = sum_o v[o] * g[goff[o] : goff[o] + C], with the C accumulators in registers.
-// Written with GCC/Clang vector types (portable: the compiler lowers them to the widest
-// vectors the target has) because auto-vectorizers tend to vectorize across the entries
-// (gathers) instead of across the columns; other compilers get plain loops.
-#if defined(__GNUC__)
-template <class T, int C>
-static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
-    constexpr int L = 32 / (int)sizeof(T);  // lanes of a 256-bit vector
-    constexpr int NV = C / L;
-    typedef T vec __attribute__((vector_size(32)));
-    // Two accumulator sets (even and odd entries): twice the independent FMA chains, so the
-    // loop is bound by loads rather than by FMA latency.
-    vec a0[NV] = {}, a1[NV] = {};
-    int32_t o = 0;
-    for (; o + 2 <= cnt; o += 2) {
-        const T *g0 = g + goff[o], *g1 = g + goff[o + 1];
-        const T v0 = v[o], v1 = v[o + 1];
-        for (int u = 0; u < NV; ++u) {
-            vec x0, x1;
-            std::memcpy(&x0, g0 + u * L, sizeof(vec));
-            std::memcpy(&x1, g1 + u * L, sizeof(vec));
-            a0[u] += v0 * x0;
-            a1[u] += v1 * x1;
-        }
-    }
-    if (o < cnt) {
-        const T *g0 = g + goff[o];
-        for (int u = 0; u < NV; ++u) {
-            vec x0;
-            std::memcpy(&x0, g0 + u * L, sizeof(vec));
-            a0[u] += v[o] * x0;
-        }
-    }
-    for (int u = 0; u < NV; ++u) a0[u] += a1[u];
-    std::memcpy(row, a0, sizeof(a0));  // each row chunk is written exactly once: no pre-zeroing
-}
-#else
-template <class T, int C>
-static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
-    std::fill(row, row + C, T(0));
-    for (int32_t o = 0; o < cnt; ++o)
-        for (int j = 0; j < C; ++j) row[j] += v[o] * g[goff[o] + j];
-}
-#endif
-
-// feat[e]: the input feature of entry e = b*k + s (drawn once by the caller, which may
-// need the same draws again, e.g. to accumulate scores).
-template <class T>
-static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k,
-                             double scale, const std::vector<int32_t> &feat) {
-    const int64_t E = B * k;
-    std::vector<int32_t> start(n + 1, 0);
-    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
-    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-    std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
-    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
-    // Entries in feature order (then example order, the sort is stable): the row of dy they
-    // read and their scaled value. Repeated draws of one (feature, example) — frequent when
-    // sampling is proportional to magnitude — are merged into one multiply-add.
-    std::vector<int64_t> goff;
-    std::vector<T> v;
-    goff.reserve(E);
-    v.reserve(E);
-    std::vector<int32_t> cstart(n + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-        cstart[i] = (int32_t)v.size();
-        int64_t last_b = -1;
-        for (int32_t o = start[i]; o < start[i + 1]; ++o) {
-            const int64_t e = order[o], b = e / k;
-            const T val = vals[e] * (T)scale;
-            if (b == last_b) {
-                v.back() += val;
-            } else {
-                goff.push_back(b * m);
-                v.push_back(val);
-                last_b = b;
-            }
-        }
-    }
-    cstart[n] = (int32_t)v.size();
-    constexpr int C = 32 / sizeof(T) * 4;  // four 256-bit vectors' worth of columns
-    for (int64_t i = 0; i < n; ++i) {
-        T *row = dW + i * m;
-        const int64_t *go = goff.data() + cstart[i];
-        const T *vi = v.data() + cstart[i];
-        const int32_t cnt = cstart[i + 1] - cstart[i];
-        int64_t j0 = 0;
-        for (; j0 + C <= m; j0 += C) fold_chunk<T, C>(row + j0, g + j0, go, vi, cnt);
-        for (int64_t j = j0; j < m; ++j) {  // the ragged tail
-            T a = 0;
-            for (int32_t o = 0; o < cnt; ++o) a += vi[o] * g[go[o] + j];
-            row[j] = a;
-        }
-    }
-}
-
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static
 // q for per-example feature sampling (DESIGN.md §1). `sq` holds the sums under the root.
 static void set_scores(SiteState &s, const std::vector<double> &sq) {
@@ -463,18 +322,17 @@ static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B
     s.acc_steps++;
 }
 
-Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
-    const char *op = op_name(n.op);
-    if (slot.kind != SaveKind::SAMPLED) {
-        const Tensor &x = slot.get(op);
-        mark_read(slot);
-        if (slot.mode == (uint8_t)Estimator::SCORING) {
-            SiteState &site = *site_of(slot);
-            std::lock_guard<std::mutex> lk(site.mu);
-            rescore(site, x, g2d);
-        }
-        return ops::matmul(ops::transpose(x, 0, 1), g2d);
+void note_exact_read(const SavedTensor &slot, const Tensor &x, const Tensor &g2d) {
+    mark_read(slot);
+    if (slot.ctx && slot.mode == (uint8_t)Estimator::SCORING) {
+        SiteState &site = *site_of(slot);
+        std::lock_guard<std::mutex> lk(site.mu);
+        rescore(site, x, g2d);
     }
+}
+
+Tensor sampled_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
+    const char *op = op_name(n.op);
     check_first_order(slot, op);
     mark_read(slot);
     SiteState &site = *site_of(slot);
@@ -561,9 +419,9 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     return dW;
 }
 
-Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tensor &W) {
+Tensor output_grad_for_dx(const SavedTensor &slot, const Tensor &g2d) {
     const bool everywhere = site_of(slot) && site_of(slot)->cfg.everywhere;
-    if (!everywhere) return ops::matmul(g2d, ops::transpose(W, 0, 1));
+    if (!everywhere) return g2d;
     // Research option: sample dy's columns per example (uniform, with replacement), so the
     // noise compounds through every layer below (RAD §3.3's exploding variance).
     check_first_order(slot, "linear");
@@ -582,50 +440,7 @@ Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tens
                 ph[b * m + j] += sc * pg[b * m + j];
             }
     });
-    return ops::matmul(gh, ops::transpose(W, 0, 1));
-}
-
-// ---- elementwise leaf factors ----------------------------------------------------------
-void pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
-    PackScope scope(g_active.get());
-    if (scope.exact()) return scope.pack_exact(slot, other);
-    Policy *pol = scope.pol;
-    Tensor x = contiguous(other);
-    const int64_t N = x->numel();
-    const double p = pol->cfg.keep;
-    RandomStream rs = reserve(*pol, (uint64_t)N);
-    int64_t kept = 0;
-    for (int64_t i = 0; i < N; ++i) kept += rs.uniform((uint64_t)i) < p;
-    Tensor vals = empty({kept}, x->dtype);
-    SPAD_FLOAT(x->dtype, T, {
-        const T *px = x->data<T>();
-        T *pv = vals->data<T>();
-        for (int64_t i = 0, o = 0; i < N; ++i)
-            if (rs.uniform((uint64_t)i) < p) pv[o++] = px[i] / (T)p;
-    });
-    slot.pack_sampled(vals, nullptr, other);
-    slot.seed = rs.seed;
-    slot.counter = rs.counter;
-    slot.k = N;
-    slot.scale = p;  // keep probability: the mask is regenerated from (seed, counter)
-    slot.mode = (uint8_t)Estimator::ELEMENT;
-    slot.ctx = payload_ctx(nullptr, scope.step);
-}
-
-Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op) {
-    mark_read(slot);
-    if (slot.kind != SaveKind::SAMPLED) return slot.get(op);
-    check_first_order(slot, op);
-    const Tensor &vals = slot.value;
-    Tensor out = zeros(shape, vals->dtype);
-    const RandomStream rs = stream_of(slot);
-    SPAD_FLOAT(vals->dtype, T, {
-        const T *pv = vals->data<T>();
-        T *po = out->data<T>();
-        for (int64_t i = 0, o = 0; i < slot.k; ++i)
-            if (rs.uniform((uint64_t)i) < slot.scale) po[i] = pv[o++];
-    });
-    return out;
+    return gh;
 }
 
 }  // namespace spad

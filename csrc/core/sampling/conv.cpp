@@ -8,9 +8,8 @@
 //     RNG. dW is then computed from the densified x_hat: memory is p x, FLOPs are not.
 //   - CRS (batch rows -> examples): s = p*N examples by ||x_n||*||dy_n|| (stale dy), top-C
 //     kept exactly and the rest importance-weighted; dW from those examples only, p x FLOPs.
-#include "conv.h"
-#include "ops.h"
-#include "sampler_util.h"
+#include "../conv.h"
+#include "detail.h"
 
 namespace spad {
 
@@ -65,13 +64,8 @@ void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &
     slot.ctx = payload_ctx(site, scope.step);
 }
 
-Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
+Tensor sampled_conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
     const char *op = op_name(n.op);
-    if (slot.kind != SaveKind::SAMPLED) {
-        const Tensor &x = slot.get(op);
-        mark_read(slot);
-        return conv_weight_grad_rows(x, g, geom, RowSet::range(0, geom.rows()));
-    }
     check_first_order(slot, op);
     mark_read(slot);
     const Estimator est = (Estimator)slot.mode;

@@ -10,11 +10,9 @@
 // the variance formula holds whatever the block sizes.)
 #include <cstring>
 
-#include "ops.h"
-#include "sampler_util.h"
+#include "detail.h"
 
 namespace spad {
-namespace sampling_detail {
 
 int64_t rad_block_size(int64_t block, int64_t k) {
     // The largest multiple of 8 up to `block` that still gives every example two blocks of
@@ -23,6 +21,9 @@ int64_t rad_block_size(int64_t block, int64_t k) {
     while (b >= 8 && 2 * b > k) b -= 8;
     return b >= 8 ? b : 1;
 }
+
+namespace sampling_detail {
+
 
 void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz) {
     const int64_t B = x->shape[0], n = x->shape[1];

@@ -1,14 +1,14 @@
-// sampler_util.h — small pieces shared by the linear (sampler.cpp) and conv
-// (sampler_conv.cpp) sampled payloads. Internal to the core.
+// sampling/detail.h — pieces shared by the sampled payloads (linear.cpp, blocks.cpp,
+// features.cpp, conv.cpp, elementwise.cpp). Internal to the sampling folder.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "rng.h"
-#include "sampler.h"
-#include "tape.h"
+#include "../rng.h"
+#include "../tape.h"
+#include "sampling.h"
 
 namespace spad {
 namespace sampling_detail {
@@ -185,9 +185,7 @@ inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64
     site.dy_norm = std::move(norms);
 }
 
-// RAD different-sample in feature blocks (sampler_block.cpp). rad_block_size() is the
-// block a layer with k kept values per example uses (1: single features).
-int64_t rad_block_size(int64_t block, int64_t k);
+// RAD different-sample in feature blocks (blocks.cpp).
 void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
 Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape);
 // SPAD magnitude paths in blocks of bsz features (wide layers), read back by rad_block_weight_grad.
@@ -196,6 +194,12 @@ void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int6
 // blocks (backward at GEMM-like speed); narrower ones draw single features (2-byte entries,
 // lower variance for the same bytes, and a backward that costs little there anyway).
 constexpr int64_t kMagnitudeBlock = 16;
+
+// dW (n x m) from per-example feature entries: entry e = b*k + s has feature feat[e] and
+// value vals[e]*scale (features.cpp).
+template <class T>
+void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k, double scale,
+                      const std::vector<int32_t> &feat);
 
 }  // namespace sampling_detail
 }  // namespace spad

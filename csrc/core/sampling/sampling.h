@@ -1,4 +1,6 @@
-// sampler.h — where sampling policies meet the tape.
+// sampling/sampling.h — where sampling policies meet the tape. Layering (checked by
+// tests/test_layering.py): tensor < saved < node < tape < sampling < ops. Ops call the
+// functions below; the sampling code never calls ops.
 //
 // An op whose saved tensor feeds only a parameter's gradient (the input x of
 // y = x @ W, used only for dW = x^T dy) asks pack_weight_input() to save it. With no
@@ -10,7 +12,7 @@
 // Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B):
 //   RAD_DIFF   per-example uniform feature indices, with replacement, scale n/k
 //   RAD_BLOCK  the same in blocks of `block` consecutive features: variance (n-block)/k * ...,
-//              backward at GEMM-like speed (sampler_block.cpp)
+//              backward at GEMM-like speed (blocks.cpp)
 //   RAD_SAME   feature indices shared by the batch: dW rows = (n/k) x[:,idx]^T dy (GEMM)
 //   PROJECT    Rademacher projection: store x R (B x k), dW = R (xR)^T dy / k
 //   CRS        batch rows: top-C by ||x_b||*||dy_b|| (stale dy) + rest drawn ∝ score, weight 1/(s q_b)
@@ -22,7 +24,7 @@
 //              so the tape holds a 2-byte signed index per entry + one scale per row, and
 //              `keep` buys twice the entries RAD gets for the same bytes. Systematic draws.
 //   MAG_BLOCK  SPAD_MAG on wide layers: blocks of 16 features drawn ∝ their L2 norm
-//              (sampler_block.cpp), values scaled and stored, backward by RAD's block kernel
+//              (blocks.cpp), values scaled and stored, backward by RAD's block kernel
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
 //   SCORING    an exact save whose backward pass refreshes a site's feature scores
 //              (SPAD with exact scoring; by default SPAD scores from its sampled passes)
@@ -34,8 +36,8 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "conv.h"
-#include "node.h"
+#include "../conv.h"
+#include "../tape.h"
 
 namespace spad {
 
@@ -107,21 +109,35 @@ struct Policy {
 void set_active_policy(const std::shared_ptr<Policy> &p);
 const std::shared_ptr<Policy> &active_policy();
 
+// A backward pass read this payload (of any kind, packed under a policy): the policy's
+// next pack begins a new step. Ops call it for exact payloads; sampled ones call it themselves.
+void note_read(const SavedTensor &slot);
+inline bool is_sampled(const SavedTensor &slot) { return slot.kind == SaveKind::SAMPLED; }
+
+// Linear layers and matmuls with a 2-D weight (x2d: rows = examples).
 void pack_weight_input(Node &n, SavedTensor &slot, const Tensor &x2d, const Tensor &W);
-Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);
-// dx for linear: exact (g W^T) unless the payload asks for placement="everywhere".
-Tensor input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Tensor &W);
+// dW estimated from a sampled payload (is_sampled(slot)).
+Tensor sampled_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);
+// An exact payload of pack_weight_input was read by the op's exact dW = x^T g: notes the
+// read and, on a SPAD scoring pass, refreshes the site's scores from x and g.
+void note_exact_read(const SavedTensor &slot, const Tensor &x, const Tensor &g2d);
+// The output gradient dx = g W^T is computed from: g itself, unless the payload's policy
+// asks for placement="everywhere" (then a column-sampled g).
+Tensor output_grad_for_dx(const SavedTensor &slot, const Tensor &g2d);
+// The block RAD(mode="different", block=...) uses for a layer keeping k values per example
+// (1: single features).
+int64_t rad_block_size(int64_t block, int64_t k);
 
 // Elementwise ops (model-agnostic sampling): `other` is saved only for the gradient of a
 // leaf parameter, so it may be stored Bernoulli-sampled (kept values + seed, weight 1/p).
-// Packs exactly when no policy is active (or keep = 1); unpack returns the factor either way.
+// Packs exactly when no policy is active (or keep = 1).
 void pack_leaf_factor(SavedTensor &slot, const Tensor &other);
-Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);
+Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op);  // is_sampled(slot)
 
 // conv2d: the saved tensor is the input x (N, C, H, W), never its im2col matrix. A
 // policy keeps a sampled subset of x instead: spatial positions (pixels, all channels) for
-// RAD/SPAD, whole examples for CRS (sampler_conv.cpp). g: the output gradient (N, C_out, Ho, Wo).
+// RAD/SPAD, whole examples for CRS (sampling/conv.cpp). g: the output gradient (N, C_out, Ho, Wo).
 void pack_conv_input(Node &n, SavedTensor &slot, const Tensor &x, const Tensor &w, const ConvGeom &geom);
-Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom);
+Tensor sampled_conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom);
 
 }  // namespace spad
