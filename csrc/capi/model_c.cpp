@@ -226,7 +226,9 @@ spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double k
         need(kind == SPAD_POLICY_RAD || kind == SPAD_POLICY_SPAD, fn, "unknown policy kind");
         SPAD_CHECK(keep > 0 && keep <= 1, ValueError, fn, ": keep must be in (0, 1], got ", keep);
         SPAD_CHECK(kind != SPAD_POLICY_SPAD || refresh >= 1, ValueError, fn, ": refresh must be >= 1, got ", refresh);
-        spad::PolicyConfig c;  // the Python defaults: spad.sampling.RAD(...) / SPAD(...)
+        // RAD: per-feature "different sample" (Python's RAD(keep, block=1)); SPAD: scored paths
+        // from sampled passes (Python's SPAD(keep, refresh, paths="scored")).
+        spad::PolicyConfig c;
         c.kind = kind == SPAD_POLICY_RAD ? spad::PolicyKind::RAD : spad::PolicyKind::SPAD;
         c.estimator = kind == SPAD_POLICY_RAD ? spad::Estimator::RAD_DIFF : spad::Estimator::SPAD;
         c.keep = keep;

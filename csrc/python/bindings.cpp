@@ -234,7 +234,6 @@ PYBIND11_MODULE(_core, m) {
         return ops::take(x, idx, Shape(s));
     });
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
-    m.def("expand", [](const Tensor &x, const std::vector<int64_t> &s) { return ops::expand(x, Shape(s)); });
     m.def("conv2d", &ops::conv2d, py::arg("x"), py::arg("w"), py::arg("b") = Tensor(),
           py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
