@@ -1,24 +1,44 @@
 """Sampled vs exact training step of an MLP: tape bytes and step time, measured in one run.
 
-    python benchmarks/bench_sampled_step.py [--sizes 784,1024,1024,10] [--batch 128] [--reps 15]
+    python benchmarks/bench_sampled_step.py [--reps 21] [--keep 0.1] [--only wide|digits]
 
-Times are process CPU-time medians (one BLAS thread, so CPU time is the work done and other
-load on a shared machine does not inflate it) over interleaved repetitions (exact, RAD, SPAD, ... in turn), so machine
-noise hits every policy alike; ratios are relative to the exact step of the same run.
-One BLAS thread. A step = forward under the policy + backward + SGD update.
+Two workloads: the wide MLP 784-1024-1024-10 at batch 128, and the digits MLP 64-256-256-10
+at batch 32. A step = forward under the policy + backward + an SGD update (spad.optim.SGD).
+One BLAS thread. Each repetition runs every policy once, in turn (exact, RAD, SPAD, ...), so
+machine noise hits every policy alike; the ratio to exact is taken *within* a repetition
+(policy step / the same repetition's exact step) and the table shows the median of those
+ratios with their interquartile range (the noise). Times are process CPU time, so other
+load on a shared machine does not inflate them (it still slows caches and memory).
 """
 import argparse
 import os
+import platform
+import subprocess
 import time
 
 # One BLAS thread, set before numpy loads: idle BLAS worker threads spin and steal a core.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 
 import numpy as np
 
 import spad
 import spad.functional as F
+import spad.optim as optim
 import spad.sampling as S
+
+WORKLOADS = {"wide": ([784, 1024, 1024, 10], 128), "digits": ([64, 256, 256, 10], 32)}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def make_mlp(sizes, seed=0, dtype=np.float32):
@@ -41,60 +61,73 @@ def forward(params, x):
     return h
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="784,1024,1024,10")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--keep", type=float, default=0.1)
-    ap.add_argument("--reps", type=int, default=15)
-    args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    spad.set_num_threads(1)
-    rng = np.random.default_rng(1)
-    x = spad.tensor(rng.standard_normal((args.batch, sizes[0])).astype(np.float32))
-    y = rng.integers(0, sizes[-1], args.batch)
-    params = make_mlp(sizes)
-    lr = 1e-3
-    policies = {
+def policies(keep):
+    return {
         "exact": None,
-        "RAD different": S.RAD(args.keep, "different", seed=0),
-        "RAD same": S.RAD(args.keep, "same", seed=0),
-        "SPAD unbiased": S.SPAD(args.keep, refresh=10 ** 9, seed=0),
-        "SPAD biased": S.SPAD(args.keep, refresh=10 ** 9, unbiased=False, seed=0),
-        "CRS": S.CRS(args.keep, seed=0),
+        "RAD (blocks)": S.RAD(keep, "different", seed=0),
+        "RAD same": S.RAD(keep, "same", seed=0),
+        "SPAD unbiased": S.SPAD(keep, seed=0),
+        "SPAD biased": S.SPAD(keep, refresh=10 ** 9, unbiased=False, seed=0),
+        "CRS": S.CRS(keep, seed=0),
     }
-    times = {k: [] for k in policies}
+
+
+def bench(sizes, batch, keep, reps):
+    rng = np.random.default_rng(1)
+    x = spad.tensor(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = rng.integers(0, sizes[-1], batch)
+    params = make_mlp(sizes)
+    opt = optim.SGD(params, lr=1e-3)
+    pols = policies(keep)
+    times = {k: [] for k in pols}
     tape = {}
 
-    def step(name, pol):
-        for p in params:
-            p.grad = None
-        spad.reset_peak_memory_stats()
+    def step(pol):
+        opt.zero_grad()
         with S.use(pol):
             loss = F.cross_entropy(forward(params, x), y)
         st = spad.memory_stats()
         loss.backward()
-        with spad.no_grad():
-            for p in params:  # plain SGD, in numpy on the shared buffers
-                p.numpy()[...] -= lr * p.grad.numpy()
+        opt.step()
         return st
 
-    for name, pol in policies.items():  # warm-up; SPAD's first pass is its scoring pass
-        step(name, pol)
-        tape[name] = step(name, pol)
-    for _ in range(args.reps):
-        for name, pol in policies.items():
+    for name, pol in pols.items():  # warm-up (SPAD biased: its first pass is its scoring pass)
+        step(pol)
+        tape[name] = step(pol)
+    for _ in range(reps):
+        for name, pol in pols.items():
             t0 = time.process_time()
-            step(name, pol)
+            step(pol)
             times[name].append(time.process_time() - t0)
-    ex_t = np.median(times["exact"])
-    ex_b = tape["exact"]["tape_bytes"]
-    print(f"MLP {args.sizes}, batch {args.batch}, keep {args.keep}, {args.reps} interleaved reps, 1 BLAS thread")
-    print(f"{'policy':16s} {'tape bytes':>11s} {'x exact':>8s} {'step ms':>8s} {'x exact':>8s}")
-    for name in policies:
-        t = np.median(times[name])
+    ex = np.array(times["exact"])
+    rows = []
+    for name in pols:
+        t = np.array(times[name])
+        r = t / ex
+        q1, med, q3 = np.percentile(r, [25, 50, 75])
         b = tape[name]["tape_bytes"]
-        print(f"{name:16s} {b:11d} {b / ex_b:8.4f} {t * 1e3:8.2f} {t / ex_t:8.3f}")
+        rows.append((name, b, b / tape["exact"]["tape_bytes"], np.median(t) * 1e3, med, q1, q3))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", type=float, default=0.1)
+    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--only", choices=sorted(WORKLOADS))
+    args = ap.parse_args(argv)
+    spad.set_num_threads(1)
+    print(f"CPU: {cpu_model()}; keep {args.keep}; {args.reps} interleaved reps; 1 BLAS thread; "
+          "ratio = median over reps of (policy step / exact step of the same rep), [IQR]")
+    for wl, (sizes, batch) in WORKLOADS.items():
+        if args.only and wl != args.only:
+            continue
+        rows = bench(sizes, batch, args.keep, args.reps)
+        print(f"\nMLP {'-'.join(map(str, sizes))}, batch {batch}, SGD")
+        print(f"| policy | tape bytes | x exact | step ms | step / exact [IQR] |")
+        print("|---|---:|---:|---:|---:|")
+        for name, b, br, ms, med, q1, q3 in rows:
+            print(f"| {name} | {b} | {br:.4f} | {ms:.2f} | {med:.3f} [{q1:.3f}-{q3:.3f}] |")
 
 
 if __name__ == "__main__":

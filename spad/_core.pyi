@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'expand', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
 class TapeBudgetError(MemoryError):
     pass
 class Tensor:
@@ -194,11 +194,14 @@ class Estimator:
       SPAD_TOPK
     
       SPAD_MAG
+    
+      RAD_BLOCK
     """
     BERNOULLI: typing.ClassVar[Estimator]
     CRS: typing.ClassVar[Estimator]
     EXACT: typing.ClassVar[Estimator]
     PROJECT: typing.ClassVar[Estimator]
+    RAD_BLOCK: typing.ClassVar[Estimator]
     RAD_DIFF: typing.ClassVar[Estimator]
     RAD_SAME: typing.ClassVar[Estimator]
     SPAD: typing.ClassVar[Estimator]
@@ -240,19 +243,24 @@ class Estimator:
     def value(self) -> int:
         ...
 class Policy:
-    def __init__(self, kind: PolicyKind, estimator: Estimator, keep: typing.SupportsFloat | typing.SupportsIndex, deterministic: typing.SupportsFloat | typing.SupportsIndex, refresh: typing.SupportsInt | typing.SupportsIndex, unbiased: bool, mix: typing.SupportsFloat | typing.SupportsIndex, ema: typing.SupportsFloat | typing.SupportsIndex, everywhere: bool, seed: typing.SupportsInt | typing.SupportsIndex, sampled_scores: bool = True) -> None:
-        ...
-    def begin_step(self) -> None:
-        ...
-    def scoring_step(self) -> bool:
+    def __init__(self, kind: PolicyKind, estimator: Estimator, keep: typing.SupportsFloat | typing.SupportsIndex, deterministic: typing.SupportsFloat | typing.SupportsIndex, refresh: typing.SupportsInt | typing.SupportsIndex, unbiased: bool, mix: typing.SupportsFloat | typing.SupportsIndex, ema: typing.SupportsFloat | typing.SupportsIndex, everywhere: bool, seed: typing.SupportsInt | typing.SupportsIndex, sampled_scores: bool = True, block: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
         ...
     def site_scores(self) -> list:
         ...
     def state_bytes(self) -> int:
         ...
+    def upcoming_step(self) -> int:
+        """
+        The step the next forward pass through a site belongs to.
+        """
     @property
     def step(self) -> int:
         ...
+    @property
+    def visits(self) -> int:
+        """
+        Site packs recorded under this policy so far.
+        """
 def _conv_weight_grad_rows(x: Tensor, g: Tensor, wshape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], rows: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex] = []) -> Tensor:
     ...
 def active_policy() -> Policy:
@@ -271,6 +279,10 @@ def bump_version(arg0: Tensor) -> None:
     """
     Mark a tensor's storage as overwritten from outside the core.
     """
+def clear_grads(params: collections.abc.Sequence[Tensor]) -> None:
+    """
+    Set .grad = None on every tensor of the list (Optimizer.zero_grad).
+    """
 def concatenate(tensors: collections.abc.Sequence[Tensor], axis: typing.SupportsInt | typing.SupportsIndex = 0) -> Tensor:
     ...
 def conv2d(x: Tensor, w: Tensor, b: Tensor = None, stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [1, 1], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [0, 0]) -> Tensor:
@@ -282,8 +294,6 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 def dropout(x: Tensor, p: typing.SupportsFloat | typing.SupportsIndex, training: bool) -> Tensor:
     ...
 def exp(x: Tensor) -> Tensor:
-    ...
-def expand(arg0: Tensor, arg1: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> Tensor:
     ...
 def from_numpy(array: numpy.ndarray, guard_writes: bool = False) -> Tensor:
     """
@@ -308,7 +318,9 @@ def get_num_threads() -> int:
 def is_grad_enabled() -> bool:
     ...
 def linear(x: Tensor, W: Tensor, b: Tensor = None) -> Tensor:
-    ...
+    """
+    x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.
+    """
 def log(x: Tensor) -> Tensor:
     ...
 def log_softmax(x: Tensor, axis: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
@@ -325,13 +337,21 @@ def max_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tenso
     ...
 def memory_stats() -> dict:
     ...
-def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+def mse_loss(pred: Tensor, target: typing.Any) -> Tensor:
     """
-    Mean squared error; shapes must match.
+    Mean squared error over all elements; target: a tensor or array-like of the same shape.
     """
 def op_table() -> list:
     """
     (name, what it saves) for every op, from ops.def.
+    """
+def peak_tape_bytes() -> tuple[int, int]:
+    """
+    (peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).
+    """
+def rad_block_size(block: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex) -> int:
+    """
+    Block size RAD(mode='different', block=...) uses for a layer keeping k values per example.
     """
 def relu(x: Tensor) -> Tensor:
     """

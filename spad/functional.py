@@ -104,7 +104,8 @@ def conv2d(
 
 def max_pool2d(x: Tensor, k: int) -> Tensor:
     """Max over k x k windows with stride k and no padding (trailing rows/columns that do
-    not fill a window are dropped). The tape keeps one int32 argmax per output."""
+    not fill a window are dropped). The tape keeps the argmax position in its window, one
+    byte per output."""
     return _max_pool2d(x, _int("max_pool2d", "kernel size", k))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -59,7 +60,7 @@ class Policy:
 
     @property
     def step(self) -> int:
-        """Forward passes recorded under this policy so far."""
+        """Forward passes through this policy's sites so far (see ``use`` for the clock)."""
         return self._impl.step
 
     def state_bytes(self) -> int:
@@ -216,7 +217,7 @@ class SPAD(Policy):
 
     def next_is_scoring(self) -> bool:
         return (self.paths == "scored" and self.scoring == "exact" and self.keep < 1.0
-                and self.step % self.refresh == 0)
+                and (self._impl.upcoming_step() - 1) % self.refresh == 0)
 
     def scores(self) -> List[np.ndarray]:
         """The current per-feature scores of every injection site."""
@@ -232,18 +233,30 @@ class SPAD(Policy):
 @contextlib.contextmanager
 def use(policy: Optional[Policy]) -> Iterator[Optional[Policy]]:
     """Record the forward passes inside the block under ``policy`` (None or Exact: exact).
-    Each entry counts as one step of the policy (its scores refresh on that clock)."""
+
+    The policy's clock (SPAD's ``refresh`` period, exact scoring passes) counts forward passes
+    through its sampling sites, not ``use`` blocks: a step begins when a site is packed after
+    the previous pass's payloads were read by a backward pass or dropped. So one ``use`` around
+    a training loop and one ``use`` per step give the same steps and the same gradients.
+    A block under which no site was recorded (no weight product with a parameter, or grad mode
+    off) warns once: the policy did nothing there.
+    """
     if policy is not None and not isinstance(policy, Policy):
         raise TypeError(f"use() expects a spad.sampling policy, got {type(policy).__name__}")
     prev = _core.active_policy()
     impl = None if policy is None or isinstance(policy, Exact) else policy._impl
-    if impl is not None:
-        impl.begin_step()
+    visits = impl.visits if impl is not None else 0
     _core.set_active_policy(impl)
+    ok = False
     try:
         yield policy
+        ok = True
     finally:
         _core.set_active_policy(prev)
+    if ok and impl is not None and impl.visits == visits:
+        warnings.warn(f"spad.sampling.use({policy!r}): no sampling site was recorded in this block (no weight "
+                      "product with a parameter that requires grad, or grad mode was off), so nothing was sampled",
+                      UserWarning, stacklevel=3)
 
 
 def _grads(loss_fn: Callable[[], object], params: Sequence, policy: Optional[Policy]) -> List[np.ndarray]:

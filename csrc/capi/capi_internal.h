@@ -15,7 +15,7 @@
 #include "../core/arena.h"
 #include "../core/ops.h"
 #include "../core/rng.h"
-#include "../core/sampler.h"
+#include "../core/sampling/sampling.h"
 
 struct spad_tensor {
     spad::Tensor t;

@@ -133,7 +133,9 @@ spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double k
         }
         SPAD_CHECK(keep > 0 && keep <= 1, ValueError, fn, ": keep must be in (0, 1], got ", keep);
         SPAD_CHECK(kind != SPAD_POLICY_SPAD || refresh >= 1, ValueError, fn, ": refresh must be >= 1, got ", refresh);
-        spad::PolicyConfig c;  // the Python defaults: spad.sampling.RAD(...) / SPAD(...)
+        // RAD: per-feature "different sample" (Python's RAD(keep, block=1)); SPAD: scored paths
+        // from sampled passes (Python's SPAD(keep, refresh, paths="scored")).
+        spad::PolicyConfig c;
         c.kind = kind == SPAD_POLICY_RAD ? spad::PolicyKind::RAD : spad::PolicyKind::SPAD;
         c.estimator = kind == SPAD_POLICY_RAD ? spad::Estimator::RAD_DIFF : spad::Estimator::SPAD;
         c.keep = keep;
@@ -148,8 +150,7 @@ spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double k
 
 spad_status spad_ctx_step_begin(spad_ctx_t *ctx) {
     return guard([&] {
-        need(ctx != nullptr, "spad_ctx_step_begin", "ctx is NULL");
-        if (ctx->policy) spad::begin_step(*ctx->policy);
+        need(ctx != nullptr, "spad_ctx_step_begin", "ctx is NULL");  // steps begin on their own now
     });
 }
 
@@ -294,7 +295,6 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
         const spad::Tensor &yt = T(target, fn, "target");
         SPAD_CHECK(std::isfinite(lr) && lr >= 0, ValueError, fn, ": lr must be a finite number >= 0, got ", lr);
         CtxScope scope(ctx);
-        if (ctx->policy) spad::begin_step(*ctx->policy);
         for (const spad::Tensor &p : ps) p->grad.reset();
         double value;
         {

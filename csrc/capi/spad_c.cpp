@@ -262,7 +262,7 @@ spad_status spad_backward(spad_ctx_t *ctx, const spad_tensor_t *loss) {
     });
 }
 
-// Plain SGD lives here until the core has an optimizer module; it is a loop, not policy.
+// Plain SGD over handles, all-or-nothing: every parameter is validated before any is updated.
 spad_status spad_sgd_step(spad_ctx_t *ctx, spad_tensor_t *const *params, size_t n_params, double lr) {
     return guard([&] {
         const char *fn = "spad_sgd_step";

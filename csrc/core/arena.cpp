@@ -123,7 +123,7 @@ void Arena::free(void *p) {
 
 void Arena::give_back(size_t begin, size_t end) {
     if (live_) --live_;
-    if (begin >= top_) return;  // made before a rewind() that already dropped it
+    if (begin >= top_) return;  // already below the bump pointer's reach (defensive)
     end = std::min(end, top_);
     // Coalesce with the holes on either side.
     for (int i = 0; i < n_free_;) {
@@ -142,32 +142,7 @@ void Arena::give_back(size_t begin, size_t end) {
         return;
     }
     if (n_free_ < kMaxFree) free_[n_free_++] = Range{begin, end};
-    // else: kept until reset()/rewind() (see arena.h)
-}
-
-void Arena::drop_free_above(size_t offset) {
-    for (int i = 0; i < n_free_;) {
-        if (free_[i].begin >= offset) {
-            free_[i] = free_[--n_free_];
-            continue;
-        }
-        free_[i].end = std::min(free_[i].end, offset);
-        ++i;
-    }
-    // A hole that now ends at the top is just space above the bump pointer.
-    for (int i = 0; i < n_free_; ++i)
-        if (free_[i].end == top_) {
-            top_ = free_[i].begin;
-            free_[i] = free_[--n_free_];
-            i = -1;
-        }
-}
-
-void Arena::rewind(size_t mark) {
-    SPAD_CHECK(mark <= top_, ValueError, "arena: rewind to ", mark, " is above the current top ", top_,
-               " (a mark from before a reset?)");
-    top_ = mark;
-    drop_free_above(mark);
+    // else: kept until reset() (see arena.h)
 }
 
 void Arena::reset() {

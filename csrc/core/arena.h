@@ -54,10 +54,6 @@ class Arena {
     void *alloc(size_t nbytes);  // throws AllocError
     void free(void *p);          // called through Storage::release
 
-    // Bump-pointer checkpoints: rewind(m) drops every block made after mark() returned m.
-    // The caller promises that none of them is still in use (only reset() can check that).
-    size_t mark() const { return top_; }
-    void rewind(size_t mark);
     void reset();  // throws RuntimeError while blocks are alive: they would dangle
 
     size_t used() const { return top_; }          // bump offset (includes holes on the free list)
@@ -72,7 +68,6 @@ class Arena {
     struct Range { size_t begin, end; };
     Range place(size_t nbytes);  // a fresh block's extent; updates the books
     void give_back(size_t begin, size_t end);
-    void drop_free_above(size_t offset);
 
     unsigned char *base_ = nullptr;
     size_t cap_ = 0, top_ = 0, high_ = 0, live_ = 0;

@@ -1,5 +1,5 @@
 // conv.h — geometry and im2col building blocks of conv2d, shared by its forward and
-// backward (ops/conv.cpp) and by the sampling policies (sampler.cpp).
+// backward (ops/conv.cpp) and by the sampled conv payloads (sampling/conv.cpp).
 //
 // Note [im2col rows]
 //   conv2d is a GEMM over the im2col matrix X_col of shape (N*Ho*Wo, C*kh*kw): row

@@ -2,7 +2,9 @@
 //
 // bits = philox(seed, counter): no state to carry, so a sampled payload stores only
 // (seed, counter) and backward regenerates the very same indices or mask bit for bit.
-// Streams never overlap as long as counters are handed out by next_counter().
+// Counters come from two sources that never share a seed's range by construction: the
+// global state (next_counter(): dropout) and each sampling policy's own (seed, counter),
+// which reserves a fresh range per payload (sampling/detail.h reserve()).
 #pragma once
 #include <cstdint>
 

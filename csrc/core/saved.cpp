@@ -15,25 +15,30 @@ void reset_peak_memory_stats() {
     m.peak_exact_tape_bytes = m.exact_tape_bytes;
 }
 
-static void charge_tape(const std::shared_ptr<Storage> &s, int sign) {
+// `leaf`: a save of a leaf that requires grad. It holds the storage (tape_refs: numpy views
+// of it turn read-only) but costs no tape bytes; bytes are charged while any other save holds it.
+static void charge_tape(const std::shared_ptr<Storage> &s, int sign, bool leaf = false) {
     if (!s || s->is_param) return;
     MemStats &m = mem_stats();
-    if (sign > 0) {
-        if (s->tape_refs++ == 0) {
-            if (m.budget >= 0 && m.tape_bytes + (int64_t)s->nbytes > m.budget) {
-                s->tape_refs--;
-                throw BudgetError(str("tape budget exceeded: saving ", s->nbytes, " bytes would bring the tape to ",
-                                      m.tape_bytes + (int64_t)s->nbytes, " bytes, over the budget of ", m.budget,
-                                      " bytes; lower the keep fraction, the batch size, or raise the budget"));
-            }
-            m.tape_bytes += (int64_t)s->nbytes;
-            m.peak_tape_bytes = std::max(m.peak_tape_bytes, m.tape_bytes);
-            if (s->tape_hook) s->tape_hook(s->ctx, true);
+    const int32_t before = s->tape_refs - s->leaf_refs;
+    s->tape_refs += sign;
+    if (leaf) s->leaf_refs += sign;
+    const int32_t after = s->tape_refs - s->leaf_refs;
+    if (before == 0 && after == 1) {
+        if (m.budget >= 0 && m.tape_bytes + (int64_t)s->nbytes > m.budget) {
+            s->tape_refs -= sign;
+            throw BudgetError(str("tape budget exceeded: saving ", s->nbytes, " bytes would bring the tape to ",
+                                  m.tape_bytes + (int64_t)s->nbytes, " bytes, over the budget of ", m.budget,
+                                  " bytes; lower the keep fraction, the batch size, or raise the budget"));
         }
-    } else if (--s->tape_refs == 0) {
+        m.tape_bytes += (int64_t)s->nbytes;
+        m.peak_tape_bytes = std::max(m.peak_tape_bytes, m.tape_bytes);
+    } else if (before == 1 && after == 0) {
         m.tape_bytes -= (int64_t)s->nbytes;
-        if (s->tape_hook) s->tape_hook(s->ctx, false);
     }
+    // A borrowed numpy source turns read-only while any save holds it, charged or not (numpy_bridge.h).
+    if (s->tape_hook && sign > 0 && s->tape_refs == 1) s->tape_hook(s->ctx, true);
+    if (s->tape_hook && sign < 0 && s->tape_refs == 0) s->tape_hook(s->ctx, false);
 }
 
 static std::shared_ptr<ExactCharge> exact_token(const std::shared_ptr<Storage> &s) {
@@ -77,6 +82,7 @@ SavedTensor &SavedTensor::operator=(SavedTensor &&o) noexcept {
         k = o.k;
         scale = o.scale;
         mode = o.mode;
+        uncounted = o.uncounted;
         released = o.released;
         o.kind = SaveKind::NONE;
         o.released = true;
@@ -86,11 +92,15 @@ SavedTensor &SavedTensor::operator=(SavedTensor &&o) noexcept {
 
 void SavedTensor::pack_exact(const Tensor &t, bool is_output, SaveKind as) {
     release();
-    charge_tape(t->storage, +1);
+    // Note [Tape accounting]: a leaf that requires grad lives anyway, like a parameter.
+    uncounted = t->is_leaf() && t->requires_grad;
+    charge_tape(t->storage, +1, uncounted);
     kind = as;
     value = is_output ? alias(t) : t;
-    exact_src = exact_token(t->storage);
-    charge_exact(exact_src, +1);
+    if (!uncounted) {
+        exact_src = exact_token(t->storage);
+        charge_exact(exact_src, +1);
+    }
     version = t->storage->version;
     released = false;
 }
@@ -154,7 +164,7 @@ void SavedTensor::release() {
         if (value) charge_tape(value->storage, -1);
         if (aux) charge_tape(aux->storage, -1);
     } else if (kind != SaveKind::SEED) {
-        charge_tape(value->storage, -1);
+        charge_tape(value->storage, -1, uncounted);
     }
     charge_exact(exact_src, -1);
     value.reset();

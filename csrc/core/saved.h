@@ -5,8 +5,9 @@
 // Note [Tape accounting]
 //   tape_bytes counts the bytes that saved payloads keep alive, once per Storage (two
 //   payloads on one storage cost it once; a view of a large storage costs the whole
-//   storage, because that is what stays in memory). Parameters are not counted: they
-//   live anyway. exact_tape_bytes counts, by the same rule, what an exact tape would
+//   storage, because that is what stays in memory). Parameters, and any leaf that
+//   requires grad (a raw spad.tensor(..., requires_grad=True) weight), are not counted:
+//   they live anyway. exact_tape_bytes counts, by the same rule, what an exact tape would
 //   hold for the same forward pass: for a sampled payload, the full tensor it replaced.
 //   Both are exact integers maintained at pack/release time, not estimates.
 //
@@ -51,6 +52,7 @@ struct SavedTensor {
     int64_t k = 0;
     double scale = 1.0;
     uint8_t mode = 0;
+    bool uncounted = false;  // an exact save of a leaf that requires grad: not tape
     bool released = false;
 
     SavedTensor() = default;

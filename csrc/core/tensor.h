@@ -42,6 +42,7 @@ struct Storage {
     // How many live saved payloads hold this storage (real tape) / would hold it in an
     // exact tape. Bytes are counted once per storage. See Note [Tape accounting].
     int32_t tape_refs = 0;
+    int32_t leaf_refs = 0;  // of those, saves of a leaf that requires grad: held, but not tape
     std::shared_ptr<ExactCharge> exact_charge;  // made on first use
     // Persistent state (parameters, optimizer and sampler state) lives across steps anyway:
     // saving it costs the tape nothing, so it is not counted in tape bytes.

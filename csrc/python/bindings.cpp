@@ -9,8 +9,7 @@
 #include "../core/ops.h"
 #include "../core/optim.h"
 #include "../core/rng.h"
-#include "../core/sampler.h"
-#include "../core/sampler_util.h"
+#include "../core/sampling/sampling.h"
 
 // Note [None is not a Tensor]
 //   pybind11 converts None to a null std::shared_ptr for any Tensor argument, and every op
@@ -326,7 +325,6 @@ PYBIND11_MODULE(_core, m) {
         return ops::take(x, idx, Shape(s));
     });
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
-    m.def("expand", [](const Tensor &x, const std::vector<int64_t> &s) { return ops::expand(x, Shape(s)); });
     m.def("conv2d", [](const Tensor &x, const Tensor &w, const py::object &b, std::array<int64_t, 2> stride,
                        std::array<int64_t, 2> padding) {
               return ops::conv2d(x, w, b.is_none() ? Tensor() : b.cast<Tensor>(), stride, padding);
@@ -396,16 +394,21 @@ PYBIND11_MODULE(_core, m) {
              py::arg("kind"), py::arg("estimator"), py::arg("keep"), py::arg("deterministic"), py::arg("refresh"),
              py::arg("unbiased"), py::arg("mix"), py::arg("ema"), py::arg("everywhere"), py::arg("seed"),
              py::arg("sampled_scores") = true, py::arg("block") = 1)
-        .def_readonly("step", &Policy::step)
-        .def("scoring_step", &Policy::scoring_step)
+        .def_property_readonly("step", [](const Policy &p) { std::lock_guard<std::mutex> lk(p.mu); return p.step; })
+        .def_property_readonly("visits", [](const Policy &p) { std::lock_guard<std::mutex> lk(p.mu); return p.visits; },
+                               "Site packs recorded under this policy so far.")
+        .def("upcoming_step", &Policy::upcoming_step, "The step the next forward pass through a site belongs to.")
         .def("state_bytes", &Policy::state_bytes)
-        .def("begin_step", [](Policy &p) { begin_step(p); })
         .def("site_scores", [](const Policy &p) {
+            std::lock_guard<std::mutex> lk(p.mu);
             py::list out;
-            for (const auto &kv : p.sites) out.append(py::array(py::cast(kv.second->score)));
+            for (const auto &kv : p.sites) {
+                std::lock_guard<std::mutex> slk(kv.second->mu);
+                out.append(py::array(py::cast(kv.second->score)));
+            }
             return out;
         });
-    m.def("rad_block_size", &sampling_detail::rad_block_size, py::arg("block"), py::arg("k"),
+    m.def("rad_block_size", &rad_block_size, py::arg("block"), py::arg("k"),
           "Block size RAD(mode='different', block=...) uses for a layer keeping k values per example.");
     m.def("set_active_policy", [](const std::shared_ptr<Policy> &p) { set_active_policy(p); }, py::arg("policy").none(true));
     m.def("active_policy", &active_policy);

@@ -2,7 +2,7 @@
 // saved payload side by side.
 //
 // conv2d is im2col + GEMM (Note [im2col rows] in conv.h). Its saved input goes through
-// pack_conv_input / conv_weight_grad (sampler.h), the place where a sampling policy may
+// pack_conv_input / sampled_conv_weight_grad (sampling/sampling.h), the place where a sampling policy may
 // replace the exact input by a subset of spatial positions. Its backward runs kernels,
 // not differentiable ops, so conv2d supports first derivatives only (create_graph
 // through conv2d raises). Pooling and dropout backward rules stay differentiable.
@@ -15,7 +15,7 @@
 #include "../gemm.h"
 #include "../ops.h"
 #include "../rng.h"
-#include "../sampler.h"
+#include "../sampling/sampling.h"
 
 namespace spad {
 
@@ -283,7 +283,16 @@ void backward_CONV2D(Node &n, const Tensor &g_, Tensor *gin) {
     const ConvGeom geom = conv_geom(n.in_shape[0], n.in_shape[1], a[0], a[1], a[2], a[3]);
     Tensor g = contiguous(g_);
     if (n.needs(0)) gin[0] = conv_input_grad(g, contiguous(n.saved[1].get("conv2d")), geom);
-    if (n.needs(1)) gin[1] = conv_weight_grad(n, n.saved[0], g, geom);
+    if (n.needs(1)) {
+        const SavedTensor &slot = n.saved[0];
+        if (is_sampled(slot)) {
+            gin[1] = sampled_conv_weight_grad(n, slot, g, geom);
+        } else {
+            const Tensor &x = slot.get("conv2d");
+            note_read(slot);
+            gin[1] = conv_weight_grad_rows(x, g, geom, RowSet::range(0, geom.rows()));
+        }
+    }
     if (n.needs(2)) gin[2] = sum(g, {0, 2, 3}, false);
 }
 namespace ops {

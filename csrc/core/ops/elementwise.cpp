@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #include "../ops.h"
-#include "../sampler.h"
+#include "../sampling/sampling.h"
 
 namespace spad {
 namespace ops {
@@ -96,8 +96,10 @@ namespace ops {
 // When one side is a leaf parameter, the other side is saved only for that leaf's
 // gradient, so an active sampling policy may store it element-sampled (model-agnostic SPAD).
 static void save_factor(SavedTensor &slot, const Tensor &leaf_side, const Tensor &other) {
-    const bool leaf = leaf_side->is_leaf() && leaf_side->requires_grad;
-    if (!(leaf && pack_leaf_factor(slot, other))) slot.pack_exact(other);
+    if (leaf_side->is_leaf() && leaf_side->requires_grad)
+        pack_leaf_factor(slot, other);
+    else
+        slot.pack_exact(other);
 }
 static void save_mul(Node &n, const Tensor &a, const Tensor &b, const Tensor &) {
     if (n.needs(0)) save_factor(n.saved[1], a, b);
@@ -105,7 +107,10 @@ static void save_mul(Node &n, const Tensor &a, const Tensor &b, const Tensor &) 
 }
 static Tensor factor(Node &n, int i) {
     const SavedTensor &s = n.saved[i];
-    return s.kind == SaveKind::SAMPLED ? unpack_leaf_factor(s, n.in_shape[i], "mul") : s.get("mul");
+    if (is_sampled(s)) return unpack_leaf_factor(s, n.in_shape[i], "mul");
+    const Tensor &v = s.get("mul");
+    note_read(s);
+    return v;
 }
 BINARY_FWD(mul, MUL, x *y)
 }  // namespace ops

@@ -1,11 +1,12 @@
 // matmul (1-D, 2-D, batched with broadcasting) and the fused linear layer x @ W + b.
 // Both hand strided operands straight to GEMM (a transposed view becomes a trans flag,
-// not a copy). linear's saved input is where sampling policies act (see sampler.h).
+// not a copy). The operand saved for a weight's gradient (linear's input; either side of
+// a matmul with a 2-D weight) is where sampling policies act (see sampler.h).
 #include <algorithm>
 
 #include "../gemm.h"
 #include "../ops.h"
-#include "../sampler.h"
+#include "../sampling/sampling.h"
 
 namespace spad {
 namespace ops {
@@ -24,6 +25,12 @@ static bool gemm_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, bool
     }
     return false;
 }
+
+// A weight: a 2-D leaf whose gradient is wanted. Its gradient ends there, so the operand
+// saved for it may be sampled (inject once, next to the parameter).
+static bool is_weight(const Tensor &t) { return t->ndim() == 2 && t->is_leaf() && t->requires_grad; }
+// Saving these costs no tape (Note [Tape accounting]), so sampling them would only add noise.
+static bool lives_anyway(const Tensor &t) { return t->storage->is_param || (t->is_leaf() && t->requires_grad); }
 
 static Tensor gemmable(const Tensor &t) {
     const int64_t nd = t->ndim();
@@ -106,17 +113,58 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
     Tensor out = matmul_kernel(a, b, batch);
     auto node = make_node(OpKind::MATMUL, {&a, &b});
     if (node) {
-        if (node->needs(1)) node->saved[0].pack_exact(a);
-        if (node->needs(0)) node->saved[1].pack_exact(b);
+        // Under a policy, the operand saved only for a 2-D weight's gradient is a layer
+        // input like linear's (sampler.h): x @ W keeps x's rows as examples, W @ x keeps x's
+        // columns (the rows of x^T). at.i0 bit 0 / bit 1 marks saved[0] / saved[1] as such.
+        const bool pol = active_policy() != nullptr;
+        if (node->needs(1)) {
+            if (pol && is_weight(b) && !lives_anyway(a)) {
+                NoGradGuard ng;
+                pack_weight_input(*node, node->saved[0], reshape(a, {-1, a->shape[na - 1]}), b);
+                node->at.i0 |= 1;
+            } else {
+                node->saved[0].pack_exact(a);
+            }
+        }
+        if (node->needs(0)) {
+            if (pol && is_weight(a) && !lives_anyway(b)) {
+                NoGradGuard ng;
+                pack_weight_input(*node, node->saved[1], reshape(transpose(b, -1, -2), {-1, b->shape[nb - 2]}), a);
+                node->at.i0 |= 2;
+            } else {
+                node->saved[1].pack_exact(b);
+            }
+        }
     }
     attach(out, node);
     return out;
 }
 }  // namespace ops
 using namespace ops;
+// dW = x^T g from the payload pack_weight_input() made: sampled, or the exact input.
+static Tensor weight_input_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
+    if (is_sampled(slot)) return sampled_weight_grad(n, slot, g2d, wshape);
+    const Tensor &x = slot.get(op_name(n.op));
+    note_exact_read(slot, x, g2d);
+    return matmul(transpose(x, 0, 1), g2d);
+}
+
 void backward_MATMUL(Node &n, const Tensor &g, Tensor *gin) {
-    if (n.needs(0)) gin[0] = sum_to(matmul(g, transpose(n.saved[1].get("matmul"), -1, -2)), n.in_shape[0]);
-    if (n.needs(1)) gin[1] = sum_to(matmul(transpose(n.saved[0].get("matmul"), -1, -2), g), n.in_shape[1]);
+    if (n.needs(0)) {
+        const Shape &ws = n.in_shape[0];
+        if (n.at.i0 & 2)  // W @ x: dW^T = (x^T rows)^T (g^T rows), from the payload
+            gin[0] = contiguous(transpose(
+                weight_input_grad(n, n.saved[1], reshape(transpose(g, -1, -2), {-1, ws[0]}), {ws[1], ws[0]}), 0, 1));
+        else
+            gin[0] = sum_to(matmul(g, transpose(n.saved[1].get("matmul"), -1, -2)), ws);
+    }
+    if (n.needs(1)) {
+        const Shape &ws = n.in_shape[1];
+        if (n.at.i0 & 1)  // x @ W: dW = x^T g over all rows of the batch dimensions
+            gin[1] = weight_input_grad(n, n.saved[0], reshape(g, {-1, ws[1]}), ws);
+        else
+            gin[1] = sum_to(matmul(transpose(n.saved[0].get("matmul"), -1, -2), g), ws);
+    }
 }
 namespace ops {
 
@@ -165,8 +213,12 @@ void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     const int64_t R = n.at.i0;
     const Shape &ws = n.in_shape[1];
     Tensor g2 = reshape(g, {R, ws[1]});
-    if (n.needs(0)) gin[0] = reshape(input_grad(n, n.saved[0], g2, n.saved[1].get("linear")), n.in_shape[0]);
-    if (n.needs(1)) gin[1] = weight_grad(n, n.saved[0], g2, ws);
+    if (n.needs(0)) {
+        // exact dx = g W^T (a sampled g only under the research option placement="everywhere")
+        const Tensor gd = n.needs(1) ? output_grad_for_dx(n.saved[0], g2) : g2;
+        gin[0] = reshape(matmul(gd, transpose(n.saved[1].get("linear"), 0, 1)), n.in_shape[0]);
+    }
+    if (n.needs(1)) gin[1] = weight_input_grad(n, n.saved[0], g2, ws);
     if (n.needs(2)) gin[2] = sum(g2, {0}, false);
 }
 

@@ -183,8 +183,8 @@ typedef enum spad_policy_kind {
     SPAD_POLICY_SPAD = 2
 } spad_policy_kind;
 spad_status spad_ctx_set_policy(spad_ctx_t *ctx, spad_policy_kind kind, double keep, int64_t refresh, uint64_t seed);
-/* Starts a forward pass under the policy (SPAD counts steps to refresh its scores);
- * spad_model_train_step calls it for you. */
+/* Does nothing (kept for compatibility): a policy's step now begins with each forward
+ * pass through its sites, so SPAD's refresh clock needs no call. */
 spad_status spad_ctx_step_begin(spad_ctx_t *ctx);
 
 /* ---- models: networks exported from Python with spad.export(model, path) ----

@@ -1,40 +1,18 @@
-// Sampled payloads for weight gradients: pack in forward, estimate dW in backward.
-// See sampler.h for the estimators and DESIGN.md §1 for their variances.
-#include "sampler.h"
-
+// Sampled payloads for weight gradients of linear layers and matmuls: pack in forward,
+// estimate dW in backward. See sampling.h for the estimators and DESIGN.md §1 for their
+// variances. The exact paths (no policy, scoring passes) are the ops' own (ops/linalg.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "arena.h"
-#include "gemm.h"
-#include "ops.h"
-#include "rng.h"
-#include "sampler_util.h"
+#include "../arena.h"
+#include "../gemm.h"
+#include "detail.h"
 
 namespace spad {
 
 using namespace sampling_detail;
-
-Policy::Policy(PolicyConfig c) : cfg(c) {}
-int64_t Policy::state_bytes() const {
-    int64_t b = 0;
-    for (const auto &kv : sites) {
-        const SiteState &s = *kv.second;
-        b += (int64_t)(s.score.size() + s.dy_norm.size() + s.acc.size()) * 8 +
-             (s.q ? (int64_t)s.q->storage->nbytes : 0);
-    }
-    return b;
-}
-bool Policy::scoring_step() const {
-    return cfg.kind == PolicyKind::SPAD && !cfg.sampled_scores && (step - 1) % cfg.refresh == 0;
-}
-
-static thread_local std::shared_ptr<Policy> g_active;
-void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
-const std::shared_ptr<Policy> &active_policy() { return g_active; }
-void begin_step(Policy &p) { p.step++; }
 
 // Walker/Vose alias table over a probability vector: O(1) draws, deterministic build,
 // so backward rebuilds exactly the table forward used from the stored q.
@@ -123,16 +101,55 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
     return R;
 }
 
-void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
-    Policy *pol = g_active.get();
-    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
-        slot.pack_exact(x2d);
-        return;
+// SPAD magnitude paths: per row b, k draws of a feature j with probability |x_bj| / ||x_b||_1,
+// each kept as the code ±(j+1) (the sign of x_bj); the entry's value is sign * ||x_b||_1 / k.
+// Systematic draws: one uniform U per row, draw t at mass (t + U) * ||x_b||_1 / k. Each draw
+// is still marginally ∝ |x_bj| (unbiased), feature j is drawn ceil(y_j) - ceil(y_{j-1})
+// times with y_j = (prefix mass up to j) / step - U, so one branch-light sweep emits the
+// codes in feature order, and the variance is at most the i.i.d. one.
+template <class T, class C>
+static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const RandomStream &rs, C *codes,
+                            T *scale_b) {
+    std::vector<C> row(n + k + 1);
+    for (int64_t b = 0; b < B; ++b) {
+        const T *xb = px + b * n;
+        C *out = codes + b * k;
+        const double l1 = sum8(xb, n, [](double v) { return std::fabs(v); });
+        scale_b[b] = (T)(l1 / (double)k);
+        if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
+            std::fill(out, out + k, C(0));
+            continue;
+        }
+        const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
+        double mass = 0;
+        int64_t pos = 0, prev = 0;  // prev = ceil(y_{j-1}); y_{-1} = -u, ceil = 0
+        for (int64_t j = 0; j < n; ++j) {
+            mass += std::fabs((double)xb[j]);
+            const int64_t now = (int64_t)std::ceil(mass * inv_step - u), cnt = now - prev;
+            const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
+            row[pos] = code;  // written even when cnt = 0: the next feature overwrites it
+            if (cnt > 1) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
+            pos += cnt;
+            prev = now;
+        }
+        // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
+        for (int64_t j = n - 1; pos < k; ++pos) {
+            while (j > 0 && xb[j] == 0) --j;
+            row[pos] = (C)(xb[j] < 0 ? -(j + 1) : (j + 1));
+        }
+        std::copy(row.begin(), row.begin() + k, out);
     }
+}
+
+void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
+    PackScope scope(active_policy().get());
+    if (scope.exact()) return scope.pack_exact(slot, x2d);
+    Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;
     Tensor x = contiguous(x2d);
     const int64_t B = x->shape[0], n = x->shape[1];
     std::shared_ptr<SiteState> site = site_for(*pol, W, n);
+    std::lock_guard<std::mutex> site_lock(site->mu);
     Estimator est = c.estimator;
     if (c.kind == PolicyKind::SPAD && c.sampled_scores && (pol->step - 1) % c.refresh == 0 && site->acc_steps > 0) {
         // Score now, follow later: the estimates gathered since the last refresh become q.
@@ -141,10 +158,16 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         site->acc.assign(n, 0.0);
         site->acc_steps = 0;
     }
-    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step())) {
+    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step(pol->step))) {
         slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
         slot.mode = (uint8_t)Estimator::SCORING;
-        slot.ctx = site;
+        slot.ctx = payload_ctx(site, scope.step);
+        return;
+    }
+    if (est == Estimator::SPAD_MAG && rad_block_size(kMagnitudeBlock, keep_count(c.keep, n)) >= kMagnitudeBlock) {
+        pack_magnitude_blocks(*pol, slot, x, kMagnitudeBlock);
+        slot.mode = (uint8_t)Estimator::MAG_BLOCK;
+        slot.ctx = payload_ctx(site, scope.step);
         return;
     }
     if (est == Estimator::RAD_BLOCK) {
@@ -152,7 +175,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
         if (bsz > 1) {
             pack_rad_blocks(*pol, slot, x, bsz);
             slot.mode = (uint8_t)est;
-            slot.ctx = site;
+            slot.ctx = payload_ctx(site, scope.step);
             return;
         }
         est = Estimator::RAD_DIFF;  // too narrow for blocks
@@ -209,50 +232,14 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
                 // (4-byte when n > 32767) signed indices, less one scale per row.
                 const int64_t isz = (int64_t)dtype_size(x->dtype), eb = n > 32767 ? 4 : 2;
                 k = std::max<int64_t>(1, ((int64_t)std::llround(c.keep * (double)n) * isz - isz) / eb);
-                rs = reserve(*pol, (uint64_t)(B * k));
+                rs = reserve(*pol, (uint64_t)B);
                 values = empty({B * k * eb}, DType::U8);
                 aux = empty({B}, x->dtype);
                 T *scale_b = aux->data<T>();
-                uint8_t *codes = values->data<uint8_t>();
-                auto put = [&](int64_t e, int64_t code) {
-                    if (eb == 2) {
-                        const int16_t c16 = (int16_t)code;
-                        std::memcpy(codes + 2 * e, &c16, 2);
-                    } else {
-                        const int32_t c32 = (int32_t)code;
-                        std::memcpy(codes + 4 * e, &c32, 4);
-                    }
-                };
-                for (int64_t b = 0; b < B; ++b) {
-                    const T *xb = px + b * n;
-                    double l1 = 0;
-                    for (int64_t j = 0; j < n; ++j) l1 += std::fabs((double)xb[j]);
-                    scale_b[b] = (T)(l1 / (double)k);
-                    if (!(l1 > 0)) {  // all-zero row: every entry is worth 0
-                        for (int64_t t = 0; t < k; ++t) put(b * k + t, 0);
-                        continue;
-                    }
-                    // Stratified draws: the t-th falls uniformly in the t-th k-quantile of the
-                    // |x_b| mass. Each draw is still marginally ∝ |x_bj|, so the estimate stays
-                    // unbiased, its variance is at most the i.i.d. one, and the draws come out
-                    // sorted, so one sweep over the features places them all.
-                    const double step = l1 / (double)k;
-                    int64_t t = 0;
-                    double mass = 0, u = rs.uniform((uint64_t)(b * k)) * step;
-                    for (int64_t j = 0; j < n && t < k; ++j) {
-                        mass += std::fabs((double)xb[j]);
-                        const int64_t neg = xb[j] < 0, code = ((j + 1) ^ -neg) + neg;  // ±(j+1), no branch
-                        while (t < k && u < mass) {
-                            put(b * k + t, code);
-                            ++t;
-                            u = ((double)t + rs.uniform((uint64_t)(b * k + t))) * step;
-                        }
-                    }
-                    for (int64_t j = n - 1; t < k; ++t) {  // rounding left draws past the end
-                        while (j > 0 && xb[j] == 0) --j;
-                        put(b * k + t, xb[j] < 0 ? -(j + 1) : (j + 1));
-                    }
-                }
+                if (eb == 2)
+                    magnitude_paths<T, int16_t>(px, B, n, k, rs, values->data<int16_t>(), scale_b);
+                else
+                    magnitude_paths<T, int32_t>(px, B, n, k, rs, values->data<int32_t>(), scale_b);
                 break;
             }
             case Estimator::SPAD_TOPK: {
@@ -285,113 +272,7 @@ void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tenso
     slot.k = k;
     slot.scale = scale;
     slot.mode = (uint8_t)est;
-    slot.ctx = site;
-}
-
-// ---- backward: estimate dW ------------------------------------------------------------
-// dW[i,:] += v_e * g[b_e,:] for entries e with feature i: entries are bucketed by feature
-// (stable counting sort, so the summation order is fixed), then each dW row is built in
-// register-sized column chunks: every entry of the bucket is folded into the chunk before
-// it is stored, so the loop costs one load of g per multiply-add. Work: B*k*m
-// multiply-adds, p times the exact GEMM's.
-// row[0:C] += sum_o v[o] * g[goff[o] : goff[o] + C], with the C accumulators in registers.
-// Written with GCC/Clang vector types because auto-vectorizers tend to vectorize across
-// the entries (gathers) instead of across the columns; other compilers get plain loops.
-#if defined(__GNUC__)
-template <class T, int C>
-static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
-    constexpr int L = 32 / (int)sizeof(T);  // lanes of a 256-bit vector
-    constexpr int NV = C / L;
-    typedef T vec __attribute__((vector_size(32)));
-    // Two accumulator sets (even and odd entries): twice the independent FMA chains, so the
-    // loop is bound by loads rather than by FMA latency.
-    vec a0[NV] = {}, a1[NV] = {};
-    int32_t o = 0;
-    for (; o + 2 <= cnt; o += 2) {
-        const T *g0 = g + goff[o], *g1 = g + goff[o + 1];
-        const T v0 = v[o], v1 = v[o + 1];
-        for (int u = 0; u < NV; ++u) {
-            vec x0, x1;
-            std::memcpy(&x0, g0 + u * L, sizeof(vec));
-            std::memcpy(&x1, g1 + u * L, sizeof(vec));
-            a0[u] += v0 * x0;
-            a1[u] += v1 * x1;
-        }
-    }
-    if (o < cnt) {
-        const T *g0 = g + goff[o];
-        for (int u = 0; u < NV; ++u) {
-            vec x0;
-            std::memcpy(&x0, g0 + u * L, sizeof(vec));
-            a0[u] += v[o] * x0;
-        }
-    }
-    for (int u = 0; u < NV; ++u) a0[u] += a1[u];
-    std::memcpy(row, a0, sizeof(a0));  // each row chunk is written exactly once: no pre-zeroing
-}
-#else
-template <class T, int C>
-static void fold_chunk(T *row, const T *g, const int64_t *goff, const T *v, int32_t cnt) {
-    std::fill(row, row + C, T(0));
-    for (int32_t o = 0; o < cnt; ++o)
-        for (int j = 0; j < C; ++j) row[j] += v[o] * g[goff[o] + j];
-}
-#endif
-
-// feat[e]: the input feature of entry e = b*k + s (drawn once by the caller, which may
-// need the same draws again, e.g. to accumulate scores).
-template <class T>
-static void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k,
-                             double scale, const std::vector<int32_t> &feat) {
-    const int64_t E = B * k;
-    std::vector<int32_t> start(n + 1, 0);
-    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
-    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-    std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
-    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
-    // Entries in feature order (then example order, the sort is stable): the row of dy they
-    // read and their scaled value. Repeated draws of one (feature, example) — frequent when
-    // sampling is proportional to magnitude — are merged into one multiply-add.
-    std::vector<int64_t> boff;
-    std::vector<T> v;
-    boff.reserve(E);
-    v.reserve(E);
-    constexpr int C = 32 / sizeof(T) * 4;  // four SIMD registers' worth of columns
-    std::vector<int32_t> cstart(n + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-        cstart[i] = (int32_t)v.size();
-        int64_t last_b = -1;
-        for (int32_t o = start[i]; o < start[i + 1]; ++o) {
-            const int64_t e = order[o], b = e / k;
-            const T val = vals[e] * (T)scale;
-            if (b == last_b) {
-                v.back() += val;
-            } else {
-                boff.push_back(b * C);
-                v.push_back(val);
-                last_b = b;
-            }
-        }
-    }
-    cstart[n] = (int32_t)v.size();
-    // Column blocks outermost: the block of C columns of dy (B rows) is copied into a packed
-    // B x C buffer (dy's rows are m apart, which would alias into few L1 sets) and stays in
-    // L1 while every feature row folds its entries into it.
-    std::vector<T> blk((size_t)B * C);
-    int64_t j0 = 0;
-    for (; j0 + C <= m; j0 += C) {
-        for (int64_t b = 0; b < B; ++b) std::memcpy(&blk[b * C], g + b * m + j0, C * sizeof(T));
-        for (int64_t i = 0; i < n; ++i)
-            fold_chunk<T, C>(dW + i * m + j0, blk.data(), boff.data() + cstart[i], v.data() + cstart[i],
-                             cstart[i + 1] - cstart[i]);
-    }
-    if (j0 < m)  // the ragged tail
-        for (int64_t i = 0; i < n; ++i) {
-            T *row = dW + i * m;
-            std::fill(row + j0, row + m, T(0));
-            for (int32_t o = cstart[i]; o < cstart[i + 1]; ++o)
-                for (int64_t j = j0; j < m; ++j) row[j] += v[o] * g[boff[o] / C * m + j];
-        }
+    slot.ctx = payload_ctx(site, scope.step);
 }
 
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static
@@ -441,23 +322,27 @@ static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B
     s.acc_steps++;
 }
 
-Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
-    const char *op = op_name(n.op);
-    if (slot.kind != SaveKind::SAMPLED) {
-        const Tensor &x = slot.get(op);
-        if (slot.ctx && slot.mode == (uint8_t)Estimator::SCORING)
-            rescore(*std::static_pointer_cast<SiteState>(slot.ctx), x, g2d);
-        return ops::matmul(ops::transpose(x, 0, 1), g2d);
+void note_exact_read(const SavedTensor &slot, const Tensor &x, const Tensor &g2d) {
+    mark_read(slot);
+    if (slot.ctx && slot.mode == (uint8_t)Estimator::SCORING) {
+        SiteState &site = *site_of(slot);
+        std::lock_guard<std::mutex> lk(site.mu);
+        rescore(site, x, g2d);
     }
+}
+
+Tensor sampled_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape) {
+    const char *op = op_name(n.op);
     check_first_order(slot, op);
-    SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
+    mark_read(slot);
+    SiteState &site = *site_of(slot);
     const Estimator est = (Estimator)slot.mode;
     Tensor g = contiguous(g2d);
-    if (est == Estimator::RAD_BLOCK) return rad_block_weight_grad(slot, g, wshape);
+    if (est == Estimator::RAD_BLOCK || est == Estimator::MAG_BLOCK) return rad_block_weight_grad(slot, g, wshape);
     const Tensor &vals = slot.value;
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
     // The per-example estimators write every row of dW themselves; the others accumulate into zeros.
-    const bool writes_all = est == Estimator::RAD_DIFF || est == Estimator::SPAD || est == Estimator::SPAD_MAG;
+    const bool writes_all = est != Estimator::RAD_SAME && est != Estimator::SPAD_TOPK;
     Tensor dW = writes_all ? empty(wshape, g->dtype) : zeros(wshape, g->dtype);
     const RandomStream rs = stream_of(slot);
     SPAD_FLOAT(g->dtype, T, {
@@ -472,8 +357,10 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
                 std::vector<int32_t> feat(B * k);
                 for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
                 scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, feat);
-                if (est == Estimator::SPAD && site.cfg.sampled_scores)
+                if (est == Estimator::SPAD && site.cfg.sampled_scores) {
+                    std::lock_guard<std::mutex> lk(site.mu);
                     accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), feat);
+                }
                 break;
             }
             case Estimator::SPAD_MAG: {
@@ -522,7 +409,7 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
             case Estimator::BERNOULLI: {
                 Tensor gs = gather_rows(g, m, slot.aux, {k, m});
                 gemm(true, false, nf, m, k, T(1), pv, nf, gs->data<T>(), m, T(0), pw, m);
-                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step
+                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step (locks)
                 break;
             }
             default:
@@ -532,13 +419,13 @@ Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Sh
     return dW;
 }
 
-Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tensor &W) {
-    const bool everywhere = slot.ctx && std::static_pointer_cast<SiteState>(slot.ctx)->cfg.everywhere;
-    if (!everywhere) return ops::matmul(g2d, ops::transpose(W, 0, 1));
+Tensor output_grad_for_dx(const SavedTensor &slot, const Tensor &g2d) {
+    const bool everywhere = site_of(slot) && site_of(slot)->cfg.everywhere;
+    if (!everywhere) return g2d;
     // Research option: sample dy's columns per example (uniform, with replacement), so the
     // noise compounds through every layer below (RAD §3.3's exploding variance).
     check_first_order(slot, "linear");
-    const SiteState &site = *std::static_pointer_cast<SiteState>(slot.ctx);
+    const SiteState &site = *site_of(slot);
     Tensor g = contiguous(g2d);
     const int64_t B = g->shape[0], m = g->shape[1], km = keep_count(site.cfg.keep, m);
     const RandomStream rs = stream_of(slot, 1);
@@ -553,47 +440,7 @@ Tensor input_grad(Node &, const SavedTensor &slot, const Tensor &g2d, const Tens
                 ph[b * m + j] += sc * pg[b * m + j];
             }
     });
-    return ops::matmul(gh, ops::transpose(W, 0, 1));
-}
-
-// ---- elementwise leaf factors ----------------------------------------------------------
-bool pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
-    Policy *pol = g_active.get();
-    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) return false;
-    Tensor x = contiguous(other);
-    const int64_t N = x->numel();
-    const double p = pol->cfg.keep;
-    RandomStream rs = reserve(*pol, (uint64_t)N);
-    int64_t kept = 0;
-    for (int64_t i = 0; i < N; ++i) kept += rs.uniform((uint64_t)i) < p;
-    Tensor vals = empty({kept}, x->dtype);
-    SPAD_FLOAT(x->dtype, T, {
-        const T *px = x->data<T>();
-        T *pv = vals->data<T>();
-        for (int64_t i = 0, o = 0; i < N; ++i)
-            if (rs.uniform((uint64_t)i) < p) pv[o++] = px[i] / (T)p;
-    });
-    slot.pack_sampled(vals, nullptr, other);
-    slot.seed = rs.seed;
-    slot.counter = rs.counter;
-    slot.k = N;
-    slot.scale = p;  // keep probability: the mask is regenerated from (seed, counter)
-    slot.mode = (uint8_t)Estimator::ELEMENT;
-    return true;
-}
-
-Tensor unpack_leaf_factor(const SavedTensor &slot, const Shape &shape, const char *op) {
-    check_first_order(slot, op);
-    const Tensor &vals = slot.value;
-    Tensor out = zeros(shape, vals->dtype);
-    const RandomStream rs = stream_of(slot);
-    SPAD_FLOAT(vals->dtype, T, {
-        const T *pv = vals->data<T>();
-        T *po = out->data<T>();
-        for (int64_t i = 0, o = 0; i < slot.k; ++i)
-            if (rs.uniform((uint64_t)i) < slot.scale) po[i] = pv[o++];
-    });
-    return out;
+    return gh;
 }
 
 }  // namespace spad

@@ -8,20 +8,17 @@
 //     RNG. dW is then computed from the densified x_hat: memory is p x, FLOPs are not.
 //   - CRS (batch rows -> examples): s = p*N examples by ||x_n||*||dy_n|| (stale dy), top-C
 //     kept exactly and the rest importance-weighted; dW from those examples only, p x FLOPs.
-#include "conv.h"
-#include "ops.h"
-#include "sampler_util.h"
+#include "../conv.h"
+#include "detail.h"
 
 namespace spad {
 
 using namespace sampling_detail;
 
 void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &w, const ConvGeom &geom) {
-    Policy *pol = active_policy().get();
-    if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
-        slot.pack_exact(x_);
-        return;
-    }
+    PackScope scope(active_policy().get());
+    if (scope.exact()) return scope.pack_exact(slot, x_);
+    Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;
     Tensor x = contiguous(x_);
     const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W;
@@ -31,6 +28,7 @@ void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &
     std::shared_ptr<SiteState> site;
     if (est == Estimator::CRS || est == Estimator::BERNOULLI) {
         site = site_for(*pol, w, C * P);
+        std::lock_guard<std::mutex> site_lock(site->mu);
         std::vector<int64_t> rows;
         std::vector<double> wt;
         rs = select_rows(*pol, *site, x, N, C * P, rows, wt);
@@ -63,13 +61,13 @@ void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &
     slot.counter = rs.counter;
     slot.scale = c.keep;
     slot.mode = (uint8_t)est;
-    slot.ctx = site;
+    slot.ctx = payload_ctx(site, scope.step);
 }
 
-Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
+Tensor sampled_conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const ConvGeom &geom) {
     const char *op = op_name(n.op);
-    if (slot.kind != SaveKind::SAMPLED) return conv_weight_grad_rows(slot.get(op), g, geom, RowSet::range(0, geom.rows()));
     check_first_order(slot, op);
+    mark_read(slot);
     const Estimator est = (Estimator)slot.mode;
     const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W, Q = geom.O * geom.Ho * geom.Wo;
     const Tensor &vals = slot.value;
@@ -77,7 +75,7 @@ Tensor conv_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g, const
         const int64_t s = slot.k;
         Tensor gs = gather_rows(g, Q, slot.aux, {s, geom.O, geom.Ho, geom.Wo});
         if (est == Estimator::CRS)  // stale ||dy_n|| for the next step's scores
-            remember_dy_norms(*std::static_pointer_cast<SiteState>(slot.ctx), g, N, Q);
+            remember_dy_norms(*site_of(slot), g, N, Q);
         ConvGeom sub = geom;
         sub.N = s;
         return conv_weight_grad_rows(vals, gs, sub, RowSet::range(0, sub.rows()));

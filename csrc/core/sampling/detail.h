@@ -1,14 +1,14 @@
-// sampler_util.h — small pieces shared by the linear (sampler.cpp) and conv
-// (sampler_conv.cpp) sampled payloads. Internal to the core.
+// sampling/detail.h — pieces shared by the sampled payloads (linear.cpp, blocks.cpp,
+// features.cpp, conv.cpp, elementwise.cpp). Internal to the sampling folder.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "rng.h"
-#include "sampler.h"
-#include "tape.h"
+#include "../rng.h"
+#include "../tape.h"
+#include "sampling.h"
 
 namespace spad {
 namespace sampling_detail {
@@ -34,6 +34,41 @@ inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n
     }
     return s;
 }
+
+// What a payload packed under a policy keeps besides its data: the site whose state its
+// backward pass updates (null for elementwise factors) and its step (Note [Policy clock]).
+struct PayloadCtx {
+    std::shared_ptr<SiteState> site;
+    std::shared_ptr<StepToken> step;
+};
+inline std::shared_ptr<void> payload_ctx(std::shared_ptr<SiteState> site, std::shared_ptr<StepToken> step) {
+    return std::make_shared<PayloadCtx>(PayloadCtx{std::move(site), std::move(step)});
+}
+inline PayloadCtx *ctx_of(const SavedTensor &s) { return static_cast<PayloadCtx *>(s.ctx.get()); }
+inline SiteState *site_of(const SavedTensor &s) { return s.ctx ? ctx_of(s)->site.get() : nullptr; }
+// A backward pass reads the payload: the policy's next pack begins a new step.
+inline void mark_read(const SavedTensor &s) {
+    if (s.ctx && ctx_of(s)->step) ctx_of(s)->step->consumed = true;
+}
+
+// Every pack under an active policy: holds the policy's lock for the pack and joins (or
+// begins) the policy's current step. `exact()`: the policy keeps everything (keep = 1).
+struct PackScope {
+    Policy *pol;
+    std::unique_lock<std::mutex> lock;
+    std::shared_ptr<StepToken> step;
+    explicit PackScope(Policy *p) : pol(p) {
+        if (!p) return;
+        lock = std::unique_lock<std::mutex>(p->mu);
+        step = p->enter_step();
+    }
+    bool exact() const { return !pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0; }
+    // An exact save that still belongs to the policy's step.
+    void pack_exact(SavedTensor &slot, const Tensor &t) const {
+        slot.pack_exact(t);
+        if (pol) slot.ctx = payload_ctx(nullptr, step);
+    }
+};
 
 // A sampled payload holds values cut from the graph, so a recorded (create_graph) backward
 // through it would silently miss second-order terms: refuse instead.
@@ -75,16 +110,23 @@ inline void crs_rows(const std::vector<double> &score, int64_t s, int64_t C, con
     }
 }
 
+// sum_j f(p[j]) in double, over eight interleaved partial sums: independent add chains the
+// compiler can vectorize, in a fixed order (deterministic).
+template <class T, class Fn> inline double sum8(const T *p, int64_t n, Fn f) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; ++u) a[u] += f((double)p[j + u]);
+    for (int u = 0; j < n; ++j, ++u) a[u] += f((double)p[j]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 // Squared norms of the R rows (F contiguous values each) of a float tensor, as doubles.
 inline std::vector<double> row_norms2(const Tensor &t, int64_t R, int64_t F) {
     std::vector<double> out(R, 0.0);
     SPAD_FLOAT(t->dtype, T, {
         const T *p = t->data<T>();
-        for (int64_t r = 0; r < R; ++r) {
-            double a = 0;
-            for (int64_t j = 0; j < F; ++j) a += (double)p[r * F + j] * (double)p[r * F + j];
-            out[r] = a;
-        }
+        for (int64_t r = 0; r < R; ++r) out[r] = sum8(p + r * F, F, [](double v) { return v * v; });
     });
     return out;
 }
@@ -137,15 +179,27 @@ inline Tensor gather_rows(const Tensor &t, int64_t F, const Tensor &rows, Shape 
 
 // Stale ||dy_r|| for the next step's CRS scores (g: R rows of F values).
 inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64_t F) {
-    site.dy_norm = row_norms2(g, R, F);
-    for (double &v : site.dy_norm) v = std::sqrt(v);
+    std::vector<double> norms = row_norms2(g, R, F);
+    for (double &v : norms) v = std::sqrt(v);
+    std::lock_guard<std::mutex> lk(site.mu);
+    site.dy_norm = std::move(norms);
 }
 
-// RAD different-sample in feature blocks (sampler_block.cpp). rad_block_size() is the
-// block a layer with k kept values per example uses (1: single features).
-int64_t rad_block_size(int64_t block, int64_t k);
+// RAD different-sample in feature blocks (blocks.cpp).
 void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
 Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape);
+// SPAD magnitude paths in blocks of bsz features (wide layers), read back by rad_block_weight_grad.
+void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
+// Layers keeping at least this many values per example sample SPAD's magnitude paths in
+// blocks (backward at GEMM-like speed); narrower ones draw single features (2-byte entries,
+// lower variance for the same bytes, and a backward that costs little there anyway).
+constexpr int64_t kMagnitudeBlock = 16;
+
+// dW (n x m) from per-example feature entries: entry e = b*k + s has feature feat[e] and
+// value vals[e]*scale (features.cpp).
+template <class T>
+void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k, double scale,
+                      const std::vector<int32_t> &feat);
 
 }  // namespace sampling_detail
 }  // namespace spad
