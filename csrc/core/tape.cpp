@@ -1,6 +1,7 @@
 #include "tape.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <string>
 
@@ -46,7 +47,9 @@ static thread_local bool g_grad_enabled = true;
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 
-static uint64_t g_seq = 0;  // creation order; single-threaded recording
+// Creation order. Atomic because threads may record separate graphs at once; within one
+// graph (one thread) the order is still the recording order.
+static std::atomic<uint64_t> g_seq{0};
 uint64_t next_seq() { return ++g_seq; }
 
 static Edge edge_of(const Tensor &t) {
@@ -137,7 +140,7 @@ Node::~Node() {
 }
 
 // ---- the reverse sweep -------------------------------------------------------------
-static uint64_t g_epoch = 0;
+static std::atomic<uint64_t> g_epoch{0};  // per-pass visit marks; unique across threads
 
 static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph) {
     SPAD_CHECK(g->shape == leaf->shape, RuntimeError, "backward: gradient of shape ", shape_str(g->shape),
@@ -152,7 +155,12 @@ static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_gra
         leaf->grad = ops::add(leaf->grad, g);
     } else {
         ops::add_(leaf->grad, g);
+        return;
     }
+    // The buffer now is a gradient (Note [Allocation accounting] in memory.h); a storage
+    // that already has a category (a parameter passed as its own seed) keeps it.
+    Storage &s = *leaf->grad->storage;
+    if (s.category == MemCategory::OTHER) set_category(s, MemCategory::GRADIENTS);
 }
 
 void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool create_graph) {
