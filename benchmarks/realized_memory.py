@@ -144,6 +144,8 @@ def has_in_backward() -> bool:
     """True when the optimizers take in_backward= (the optimizer-in-backward work)."""
     import inspect
 
+    if ROOT not in sys.path:  # the children get it through PYTHONPATH; an in-place build lives here
+        sys.path.insert(0, ROOT)
     import spad.optim as optim
 
     return "in_backward" in inspect.signature(optim.SGD.__init__).parameters
