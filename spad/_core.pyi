@@ -4,23 +4,30 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
 class TapeBudgetError(MemoryError):
     pass
 class Tensor:
     __array_ufunc__ = None
     _is_param: bool
-    grad: Tensor | None
-    def __init__(self, array: numpy.ndarray) -> None:
-        """A tensor from a numpy array by spad.tensor's rules (arrays convert implicitly where a Tensor is expected)."""
     requires_grad: bool
     def __add__(self, arg0: typing.Any) -> Tensor:
         ...
     def __array__(self, dtype = None, copy = None):
         ...
+    def __bool__(self) -> bool:
+        ...
     def __float__(self) -> float:
         ...
+    def __format__(self, spec: str) -> str:
+        ...
     def __getitem__(self, index: typing.Any) -> Tensor:
+        ...
+    def __init__(self, array: numpy.ndarray) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    def __iter__(self):
         ...
     def __len__(self) -> int:
         ...
@@ -68,11 +75,11 @@ class Tensor:
         """
     def log(self) -> Tensor:
         ...
-    def max(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+    def max(self, axis: typing.Any = None, keepdims: typing.Any = False) -> Tensor:
         """
         Maximum over axis; the gradient goes to the first maximal element.
         """
-    def mean(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+    def mean(self, axis: typing.Any = None, keepdims: typing.Any = False) -> Tensor:
         """
         Mean over axis (None: all; int or tuple).
         """
@@ -88,7 +95,7 @@ class Tensor:
         ...
     def sqrt(self) -> Tensor:
         ...
-    def sum(self, axis: typing.Any = None, keepdims: bool = False) -> Tensor:
+    def sum(self, axis: typing.Any = None, keepdims: typing.Any = False) -> Tensor:
         """
         Sum over axis (None: all; int or tuple).
         """
@@ -102,10 +109,29 @@ class Tensor:
     def T(self) -> Tensor:
         ...
     @property
+    def _is_allocated(self) -> bool:
+        """
+        True when spad allocated the storage (False for borrowed numpy buffers).
+        """
+    @property
+    def _memory_category(self) -> str:
+        """
+        Accounting category of the storage (Note [Allocation accounting] in csrc/core/memory.h).
+        """
+    @_memory_category.setter
+    def _memory_category(self, arg1: str) -> None:
+        ...
+    @property
     def _version(self) -> int:
         ...
     @property
     def dtype(self) -> numpy.dtype[typing.Any]:
+        ...
+    @property
+    def grad(self) -> Tensor:
+        ...
+    @grad.setter
+    def grad(self, arg1: typing.Any) -> None:
         ...
     @property
     def grad_fn(self) -> typing.Any:
@@ -263,6 +289,30 @@ class Policy:
         """
 def _conv_weight_grad_rows(x: Tensor, g: Tensor, wshape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], rows: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex] = []) -> Tensor:
     ...
+def _first_nonfinite(tensors: collections.abc.Sequence[Tensor], grads: bool = False) -> int:
+    """
+    Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.
+    """
+def _memory_categories() -> dict:
+    ...
+def _memory_trace() -> list[int]:
+    """
+    The recorded allocated_bytes values, in order.
+    """
+def _owned_copy(array: numpy.ndarray) -> Tensor:
+    """
+    A spad-allocated, counted copy of a float array.
+    """
+def _parse_model(data: bytes) -> tuple[tuple, list]:
+    """
+    Validate a model file's bytes: (input_shape, [(kind, args, [float32 arrays])]).
+    """
+def _relu_owned(box: list) -> Tensor:
+    ...
+def _set_memory_trace(on: bool) -> None:
+    """
+    While on, record allocated_bytes after every allocation and release (on clears the record).
+    """
 def active_policy() -> Policy:
     ...
 def adagrad_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.Sequence[Tensor], lr: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex) -> None:
@@ -285,7 +335,7 @@ def clear_grads(params: collections.abc.Sequence[Tensor]) -> None:
     """
 def concatenate(tensors: collections.abc.Sequence[Tensor], axis: typing.SupportsInt | typing.SupportsIndex = 0) -> Tensor:
     ...
-def conv2d(x: Tensor, w: Tensor, b: Tensor = None, stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [1, 1], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [0, 0]) -> Tensor:
+def conv2d(x: Tensor, w: Tensor, b: typing.Any = None, stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [1, 1], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"] = [0, 0]) -> Tensor:
     ...
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """
@@ -300,15 +350,6 @@ def from_numpy(array: numpy.ndarray, guard_writes: bool = False) -> Tensor:
     Borrow a float32/float64 array (no copy). guard_writes: read-only while the tape holds it
     (Note [numpy writes under the tape] in numpy_bridge.h).
     """
-def _parse_model(data: bytes) -> tuple[tuple, list]:
-    """
-    Validate a model file's bytes: (input_shape, [(kind, args, [float32 arrays])]).
-    """
-def _first_nonfinite(tensors: list[Tensor], grads: bool = False) -> int:
-    """
-    Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.
-    """
-_MODEL_MAX_FILE_BYTES: int
 def full(arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg1: typing.SupportsFloat | typing.SupportsIndex, arg2: numpy.dtype[typing.Any]) -> Tensor:
     ...
 def gemm_backend() -> str:
@@ -317,9 +358,14 @@ def get_num_threads() -> int:
     ...
 def is_grad_enabled() -> bool:
     ...
-def linear(x: Tensor, W: Tensor, b: Tensor = None) -> Tensor:
+def linear(x: Tensor, W: Tensor, b: typing.Any = None) -> Tensor:
     """
     x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.
+    """
+def linear_chain(x: Tensor, layers: list) -> Tensor:
+    """
+    Linear layers (W, b or None, relu after?) applied in order: the nodes of separate linear/relu
+    calls, with intermediates overwritten in place once the tape no longer needs them.
     """
 def log(x: Tensor) -> Tensor:
     ...
@@ -336,7 +382,11 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 def max_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
     ...
 def memory_stats() -> dict:
-    ...
+    """
+    Tape bytes (now, peak, exact-equivalent), the tape budget, and allocated_bytes /
+    peak_allocated_bytes: live data bytes of every storage spad allocated (numpy buffers
+    shared zero-copy are not spad's allocation). Peaks are since reset_peak_memory_stats().
+    """
 def mse_loss(pred: Tensor, target: typing.Any) -> Tensor:
     """
     Mean squared error over all elements; target: a tensor or array-like of the same shape.
@@ -383,3 +433,4 @@ def tanh(x: Tensor) -> Tensor:
     ...
 def zeros(arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg1: numpy.dtype[typing.Any]) -> Tensor:
     ...
+_MODEL_MAX_FILE_BYTES: int = 1073741824

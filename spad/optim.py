@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from ._core import Tensor
+from .memory import owned
 
 
 class Optimizer:
@@ -59,8 +60,8 @@ class Optimizer:
         for buf in self._buffers:
             self._views[buf] = []
             for p, st in zip(self.params, self.state):
-                st[buf] = np.zeros(p.shape, dtype=p.dtype)
-                self._views[buf].append(_core.from_numpy(st[buf]))
+                st[buf], view = owned(np.zeros(p.shape, dtype=p.dtype), "optimizer_state")  # counted, spad's own
+                self._views[buf].append(view)
 
     def zero_grad(self) -> None:
         """Drop every parameter's gradient (the next backward allocates a fresh one)."""

@@ -11,7 +11,7 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 # nothing of the tape sit at the tensor layer or below.
 LAYERS = {
     "common.h": 0, "rng.h": 0, "arena.h": 0, "gemm.h": 0,
-    "tensor.h": 1, "conv.h": 1, "model_format.h": 1,
+    "tensor.h": 1, "memory.h": 1, "conv.h": 1, "model_format.h": 1, "reuse.h": 1,
     "saved.h": 2,
     "node.h": 3, "ops.def": 3,
     "tape.h": 4,

@@ -96,7 +96,7 @@ spad_model *parse(const unsigned char *data, size_t n) {
             spad::Tensor t = spad::empty(tr.shape, spad::DType::F32);
             read_floats(data, tr, t->data<float>());
             t->requires_grad = true;
-            t->storage->is_param = true;
+            spad::set_category(*t->storage, spad::MemCategory::PARAMETERS);
             L.params.push_back(t);
         }
         m->layers.push_back(std::move(L));
@@ -242,7 +242,7 @@ spad_status spad_model_mlp(spad_ctx_t *ctx, const int32_t *sizes, int32_t n_size
             spad::Tensor b = spad::zeros({sizes[i + 1]}, spad::DType::F32);
             for (spad::Tensor *p : {&W, &b}) {
                 (*p)->requires_grad = true;
-                (*p)->storage->is_param = true;
+                spad::set_category(*(*p)->storage, spad::MemCategory::PARAMETERS);
             }
             L.params = {W, b};
             m->layers.push_back(std::move(L));

@@ -1,10 +1,12 @@
 #include "tape.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <string>
 
 #include "ops.h"
+#include "reuse.h"
 
 namespace spad {
 
@@ -46,7 +48,9 @@ static thread_local bool g_grad_enabled = true;
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 
-static uint64_t g_seq = 0;  // creation order; single-threaded recording
+// Creation order. Atomic because threads may record separate graphs at once; within one
+// graph (one thread) the order is still the recording order.
+static std::atomic<uint64_t> g_seq{0};
 uint64_t next_seq() { return ++g_seq; }
 
 static Edge edge_of(const Tensor &t) {
@@ -137,7 +141,7 @@ Node::~Node() {
 }
 
 // ---- the reverse sweep -------------------------------------------------------------
-static uint64_t g_epoch = 0;
+static std::atomic<uint64_t> g_epoch{0};  // per-pass visit marks; unique across threads
 
 static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph) {
     SPAD_CHECK(g->shape == leaf->shape, RuntimeError, "backward: gradient of shape ", shape_str(g->shape),
@@ -152,7 +156,12 @@ static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_gra
         leaf->grad = ops::add(leaf->grad, g);
     } else {
         ops::add_(leaf->grad, g);
+        return;
     }
+    // The buffer now is a gradient (Note [Allocation accounting] in memory.h); a storage
+    // that already has a category (a parameter passed as its own seed) keeps it.
+    Storage &s = *leaf->grad->storage;
+    if (s.category == MemCategory::OTHER) set_category(s, MemCategory::GRADIENTS);
 }
 
 void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool create_graph) {
@@ -206,16 +215,10 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                        "backward(); specify retain_graph=True if you need to backward through the graph a second time.");
             gin.assign(n->next.size(), nullptr);
             kOps[(int)n->op].backward(*n, g, gin.data());
-            for (size_t i = 0; i < n->next.size(); ++i) {
-                Edge &e = n->next[i];
-                if (!e.valid() || !gin[i]) continue;
-                if (e.node) {
-                    Tensor &acc = e.node->grad_acc;
-                    acc = acc ? ops::add(acc, gin[i]) : gin[i];
-                } else {
-                    accumulate_leaf(e.leaf, gin[i], create_graph);
-                }
-            }
+            // Free at last use: the incoming gradient and the payloads are dead once the rule
+            // has run, so they go before the outgoing gradients are accumulated (which may
+            // allocate), not at the end of the iteration.
+            g.reset();
             if (!retain_graph) {
                 // Only nodes that held payloads refuse a second pass (as in PyTorch).
                 for (SavedTensor &s : n->saved)
@@ -223,6 +226,25 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                         s.release();
                         n->released = true;
                     }
+            }
+            for (size_t i = 0; i < n->next.size(); ++i) {
+                Edge &e = n->next[i];
+                if (!e.valid() || !gin[i]) continue;
+                if (e.node) {
+                    // Moved, not copied: the consumer must be the gradient's only owner to
+                    // reuse its buffer (Note [Buffer reuse] in reuse.h).
+                    Tensor &acc = e.node->grad_acc;
+                    if (!acc)
+                        acc = std::move(gin[i]);
+                    else if (!create_graph && acc->shape == gin[i]->shape && acc->dtype == gin[i]->dtype &&
+                             reusable(acc))
+                        ops::add_(acc, gin[i]);  // a second path's gradient: add into the first
+                    else
+                        acc = ops::add(acc, gin[i]);
+                } else {
+                    accumulate_leaf(e.leaf, gin[i], create_graph);
+                }
+                gin[i].reset();
             }
         }
     } catch (...) {

@@ -118,14 +118,42 @@ py::tuple shape_tuple(const Shape &s) {
 }
 
 py::dict stats_dict() {
-    const MemStats &m = mem_stats();
+    const MemSnapshot m = mem_snapshot();
     py::dict d;
     d["tape_bytes"] = m.tape_bytes;
     d["peak_tape_bytes"] = m.peak_tape_bytes;
     d["exact_tape_bytes"] = m.exact_tape_bytes;
     d["peak_exact_tape_bytes"] = m.peak_exact_tape_bytes;
     d["budget"] = m.budget < 0 ? py::object(py::none()) : py::object(py::int_(m.budget));
+    d["allocated_bytes"] = m.allocated_bytes;
+    d["peak_allocated_bytes"] = m.peak_allocated_bytes;
     return d;
+}
+
+// Per-category counters for spad.memory_summary() (spad/memory.py formats them).
+py::dict category_dict() {
+    const MemSnapshot m = mem_snapshot();
+    py::dict d;
+    for (int i = 0; i < kMemCategories; ++i) {
+        py::dict c;
+        c["current"] = m.by_category[i];
+        c["peak"] = m.peak_by_category[i];
+        d[mem_category_name((MemCategory)i)] = c;
+    }
+    py::dict total;
+    total["current"] = m.allocated_bytes;
+    total["peak"] = m.peak_allocated_bytes;
+    d["total"] = total;
+    d["live_storages"] = m.alloc_count;
+    d["total_allocated_bytes"] = m.total_allocated;
+    return d;
+}
+
+MemCategory category_of(const std::string &name) {
+    for (int i = 0; i < kMemCategories; ++i)
+        if (name == mem_category_name((MemCategory)i)) return (MemCategory)i;
+    throw ValueError(str("unknown memory category '", name,
+                         "'; expected 'parameters', 'gradients', 'optimizer_state' or 'other'"));
 }
 
 }  // namespace
@@ -202,7 +230,16 @@ PYBIND11_MODULE(_core, m) {
             })
         .def_property(
             "_is_param", [](const TensorImpl &t) { return t.storage->is_param; },
-            [](TensorImpl &t, bool on) { t.storage->is_param = on; })
+            [](TensorImpl &t, bool on) {
+                if (on || t.storage->category == MemCategory::PARAMETERS)
+                    set_category(*t.storage, on ? MemCategory::PARAMETERS : MemCategory::OTHER);
+            })
+        .def_property(
+            "_memory_category", [](const TensorImpl &t) { return mem_category_name(effective_category(*t.storage)); },
+            [](TensorImpl &t, const std::string &c) { set_category(*t.storage, category_of(c)); },
+            "Accounting category of the storage (Note [Allocation accounting] in csrc/core/memory.h).")
+        .def_property_readonly("_is_allocated", [](const TensorImpl &t) { return t.storage->counted; },
+                               "True when spad allocated the storage (False for borrowed numpy buffers).")
         .def_property_readonly("_version", [](const TensorImpl &t) { return t.storage->version; })
         .def("numpy", [](const Tensor &t) { return to_numpy(t); }, "A numpy view of the data (no copy).")
         .def("item", [](const Tensor &t) { return item(t); }, "The value of a one-element tensor as a float.")
@@ -309,6 +346,31 @@ PYBIND11_MODULE(_core, m) {
               return ops::linear(x, W, b.is_none() ? Tensor() : b.cast<Tensor>());
           }, py::arg("x"), py::arg("W"), py::arg("b") = py::none(),
           "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
+    m.def("linear_chain", [](const Tensor &x, const py::list &layers) {
+        std::vector<ops::ChainLayer> ls;
+        for (const py::handle &h : layers) {
+            py::tuple t = h.cast<py::tuple>();
+            SPAD_CHECK(t.size() == 3, ValueError, "linear_chain: each layer is (W, b or None, relu), got ", t.size(),
+                       " items");
+            ops::ChainLayer L;
+            L.W = t[0].cast<Tensor>();
+            if (!t[1].is_none()) L.b = t[1].cast<Tensor>();
+            L.relu = t[2].cast<bool>();
+            ls.push_back(std::move(L));
+        }
+        return ops::linear_chain(x, ls);
+    }, py::arg("x"), py::arg("layers"),
+          "Linear layers (W, b or None, relu after?) applied in order: the nodes of separate linear/relu\n"
+          "calls, with intermediates overwritten in place once the tape no longer needs them.");
+    m.def("_relu_owned", [](py::list box) {
+        // Takes the caller's only reference out of `box` before the core sees the tensor, so
+        // ReLU may overwrite it when nothing else holds it (Note [Buffer reuse] in reuse.h);
+        // any other holder (a Python name, a saved payload) keeps it intact.
+        SPAD_CHECK(box.size() == 1, ValueError, "_relu_owned: expected a one-element list");
+        Tensor t = box[0].cast<Tensor>();
+        box.attr("clear")();
+        return ops::relu(t);
+    }, py::arg("box"));
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
@@ -352,14 +414,31 @@ PYBIND11_MODULE(_core, m) {
     // ---- tape control and accounting ----
     m.def("set_grad_enabled", &set_grad_enabled);
     m.def("is_grad_enabled", &grad_enabled);
-    m.def("memory_stats", &stats_dict);
+    m.def("memory_stats", &stats_dict,
+          "Tape bytes (now, peak, exact-equivalent), the tape budget, and allocated_bytes /\n"
+          "peak_allocated_bytes: live data bytes of every storage spad allocated (numpy buffers\n"
+          "shared zero-copy are not spad's allocation). Peaks are since reset_peak_memory_stats().");
+    m.def("_memory_categories", &category_dict);
+    m.def("_set_memory_trace", &set_memory_trace, py::arg("on"),
+          "While on, record allocated_bytes after every allocation and release (on clears the record).");
+    m.def("_memory_trace", &memory_trace, "The recorded allocated_bytes values, in order.");
+    m.def("_owned_copy", [](const py::array &a) {
+        // Parameters and optimizer state are spad's own, counted allocations (Note
+        // [Allocation accounting] in csrc/core/memory.h), not borrowed numpy buffers.
+        py::array c = py::module_::import("numpy").attr("ascontiguousarray")(a);
+        Shape shape;
+        for (py::ssize_t i = 0; i < c.ndim(); ++i) shape.push_back(c.shape(i));
+        Tensor t = empty(shape, dtype_of(c.dtype()));
+        std::memcpy(t->raw(), c.data(), (size_t)t->numel() * dtype_size(t->dtype));
+        return t;
+    }, py::arg("array"), "A spad-allocated, counted copy of a float array.");
     m.def("reset_peak_memory_stats", &reset_peak_memory_stats);
-    m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes, mem_stats().peak_exact_tape_bytes); },
+    m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes.load(), mem_stats().peak_exact_tape_bytes.load()); },
           "(peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).");
     m.def("set_tape_budget", [](const py::object &b) {
         int64_t v = b.is_none() ? -1 : b.cast<int64_t>();
         SPAD_CHECK(b.is_none() || v >= 0, ValueError, "set_tape_budget: budget must be >= 0 bytes or None, got ", v);
-        mem_stats().budget = v;
+        mem_stats().budget.store(v);
     });
     m.def("op_table", [] {
         py::list rows;
