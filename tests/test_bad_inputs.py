@@ -234,6 +234,7 @@ def _backward_twice():
     y.backward()
 
 
+good("backward_retain_truthy", lambda: (lambda x: ((x * x).sum().backward(retain_graph=1), True)[1])(p(2)))
 bad("backward_twice", _backward_twice, RuntimeError, "twice|released|retain")
 bad("backward_no_grad_leaf", lambda: t(3).sum().backward(), RuntimeError, "grad")
 
