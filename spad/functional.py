@@ -11,12 +11,16 @@ from ._core import Tensor
 
 def _clear_types(fn):
     """``fn`` (a _core function) with pybind11's "incompatible function arguments" replaced by
-    a message that names the op, what it takes and what it got."""
+    a message that names the op, what it takes and what it got; a MemoryError names the op."""
     name = fn.__name__
 
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except MemoryError as e:  # the core says how many bytes and which shape; add the op
+            if type(e) is not MemoryError or str(e).startswith(name):
+                raise
+            raise MemoryError(f"{name}: {e}") from None
         except TypeError as e:
             if "incompatible function arguments" not in str(e):
                 raise

@@ -223,17 +223,17 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
-            if not losses:  # an empty loader would train nothing and report a NaN loss
-                raise ValueError(f"fit: the training loader yielded no batches in epoch {epoch}")
             if world is not None:  # every rank runs the same number of steps (spad.data)
                 tot = world.allreduce_sum([sum(losses), len(losses), correct, seen])
-                losses, correct, seen = [tot[0] / max(tot[1], 1)], int(tot[2]), int(tot[3])
-            hist.loss.append(float(np.mean(losses)))
+                losses, correct, seen = [tot[0] / max(tot[1], 1)] if tot[1] else [], int(tot[2]), int(tot[3])
+            hist.loss.append(float(np.mean(losses)) if losses else float("nan"))
             if seen and _labels(yb) is not None:
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))
             hist.exact_tape_bytes.append(int(peak_exact))
             hist.step_time.append(t_total / max(steps, 1))
+            if not steps:  # an empty loader trains nothing and would report a NaN loss
+                raise ValueError(f"fit: the training loader yielded no batches in epoch {epoch}")
             postfix = {"loss": f"{hist.loss[-1]:.4f}"}
             if val is not None:
                 res = (evaluate if world is None else world.evaluate)(model, val[0], val[1], loss_fn)

@@ -234,6 +234,7 @@ def _backward_twice():
     y.backward()
 
 
+good("backward_retain_truthy", lambda: (lambda x: ((x * x).sum().backward(retain_graph=1), True)[1])(p(2)))
 bad("backward_twice", _backward_twice, RuntimeError, "twice|released|retain")
 bad("backward_no_grad_leaf", lambda: t(3).sum().backward(), RuntimeError, "grad")
 
@@ -274,6 +275,8 @@ def _write_two_borrows():
 good("numpy_write_two_borrows", _write_two_borrows)
 
 # ---- functional ops -----------------------------------------------------------------------
+bad("matmul_out_of_memory", lambda: F.matmul(spad.ones((2**20, 1)), spad.ones((1, 2**20))), MemoryError,
+    r"matmul: out of memory: cannot allocate 4398046511104 bytes")
 bad("relu_list", lambda: F.relu([1.0, 2.0]), TypeError, "relu: invalid argument types")
 bad("relu_str", lambda: F.relu("a"), TypeError, "relu: invalid argument types")
 bad("relu_none", lambda: F.relu(None), TypeError, "relu")

@@ -186,9 +186,15 @@ inline int64_t checked_add(int64_t a, int64_t b, const char *what, int64_t limit
                          " is too large (overflows the supported size " + std::to_string(limit) + ")");
     return r;
 }
-// Bytes of `numel` items of `item` bytes each, as size_t (checked like checked_mul).
+// Bytes of `numel` items of `item` bytes each, as size_t: at most half the address space
+// (SIZE_MAX / 2 on a 32-bit device, where an int64 count would otherwise be truncated).
 inline size_t checked_bytes(int64_t numel, size_t item, const char *what) {
-    return (size_t)checked_mul(numel, (int64_t)item, what, INT64_MAX / 2);
+    const int64_t limit = (int64_t)std::min<uint64_t>((uint64_t)INT64_MAX / 2, (uint64_t)SIZE_MAX / 2);
+    int64_t r;
+    if (numel < 0 || __builtin_mul_overflow(numel, (int64_t)item, &r) || r > limit)
+        throw ValueError(std::string(what) + ": " + std::to_string(numel) + " elements of " + std::to_string(item) +
+                         " bytes exceed the addressable size (" + std::to_string(limit) + " bytes)");
+    return (size_t)r;
 }
 
 template <class V> inline std::string shape_str_impl(const V &s) {

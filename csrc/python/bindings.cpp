@@ -247,8 +247,9 @@ PYBIND11_MODULE(_core, m) {
              "A tensor sharing the data, cut from the graph.")
         .def("contiguous", [](const Tensor &t) { return contiguous(t); })
         .def("backward",
-             [](const Tensor &t, const py::object &grad, bool retain_graph, bool create_graph) {
+             [](const Tensor &t, const py::object &grad, const py::object &retain, const py::object &create) {
                  Tensor g = grad.is_none() ? Tensor() : operand(grad, t);
+                 const bool retain_graph = truthy(retain), create_graph = truthy(create);
                  py::gil_scoped_release nogil;
                  backward(t, g, retain_graph || create_graph, create_graph);
              },
