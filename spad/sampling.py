@@ -10,8 +10,9 @@ RNG seed). ``backward()`` then follows only the sampled paths::
         loss = F.cross_entropy(model(x), y)   # records a sampled, smaller tape
     loss.backward()                           # dW estimated from the kept paths; dx exact
 
-Placement follows RAD's rule: inject once per parameter->loss path, on the input of each
-linear layer (and, model-agnostically, on any elementwise product with a leaf parameter);
+Placement follows RAD's rule: inject once per parameter->loss path, on the operand saved for
+a weight's gradient: the input of each linear layer, either side of ``x @ W`` / ``W @ x`` with
+``W`` a 2-D leaf, conv2d's input, and (model-agnostically) any elementwise product with a leaf;
 activation gradients stay exact. ``placement="everywhere"`` additionally samples every
 layer's output gradient, a research option that shows why that is a bad idea.
 """
@@ -165,7 +166,10 @@ class SPAD(Policy):
       stale scores are needed. Each kept entry equals sign(x_bj) * ||x_b||_1 / k, so the tape
       stores a 2-byte signed index per entry and one scale per row: ``keep`` (a fraction of the
       exact tape's bytes, as for every policy) buys about twice the entries uniform RAD keeps.
-      Unbiased; the variance is sum_b (||x_b||_1^2 - ||x_b||_2^2) ||dy_b||^2 / k.
+      The k draws are systematic (one uniform per example), so unbiased with a variance at most
+      sum_b (||x_b||_1^2 - ||x_b||_2^2) ||dy_b||^2 / k. On wide layers (keep*n >= 32) whole
+      blocks of 16 features are drawn ∝ their L2 norm (the variance-optimal block distribution)
+      and kept as values, so dW runs at block-GEMM speed.
     - "scored": "score now, follow later". Each feature j is scored by
       sqrt(sum_b x_bj^2 ||dy_b||^2) and the scores are renewed every ``refresh`` steps; the
       steps in between draw keep*n features per example from q = (1-mix)*score/sum + mix/n,
@@ -180,7 +184,7 @@ class SPAD(Policy):
 
     unbiased=False follows the keep*n top-scored features, not reweighted (SPAD's "backprop
     dropout", a deliberately biased regularizer); it implies paths="scored", scoring="exact".
-    Convolutions sample spatial positions (see sampler_conv.cpp) whatever ``paths`` says.
+    Convolutions sample spatial positions (see csrc/core/sampling/conv.cpp) whatever ``paths`` says.
     """
 
     def __init__(self, keep: float = 0.1, refresh: int = 50, unbiased: bool = True, mix: float = 0.1,

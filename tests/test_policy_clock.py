@@ -1,4 +1,4 @@
-"""The policy clock (Note [Policy clock] in sampler.h), the "nothing sampled" warning, thread
+"""The policy clock (Note [Policy clock] in csrc/core/sampling/sampling.h), the "nothing sampled" warning, thread
 safety of a policy's state, and the accounting rule for raw leaves."""
 import subprocess
 import sys

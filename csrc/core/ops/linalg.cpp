@@ -1,7 +1,7 @@
 // matmul (1-D, 2-D, batched with broadcasting) and the fused linear layer x @ W + b.
 // Both hand strided operands straight to GEMM (a transposed view becomes a trans flag,
 // not a copy). The operand saved for a weight's gradient (linear's input; either side of
-// a matmul with a 2-D weight) is where sampling policies act (see sampler.h).
+// a matmul with a 2-D weight) is where sampling policies act (see sampling/sampling.h).
 #include <algorithm>
 
 #include "../gemm.h"
@@ -115,7 +115,7 @@ Tensor matmul(const Tensor &a, const Tensor &b) {
     auto node = make_node(OpKind::MATMUL, {&a, &b});
     if (node) {
         // Under a policy, the operand saved only for a 2-D weight's gradient is a layer
-        // input like linear's (sampler.h): x @ W keeps x's rows as examples, W @ x keeps x's
+        // input like linear's (sampling/sampling.h): x @ W keeps x's rows as examples, W @ x keeps x's
         // columns (the rows of x^T). at.i0 bit 0 / bit 1 marks saved[0] / saved[1] as such.
         const bool pol = active_policy() != nullptr;
         if (node->needs(1)) {

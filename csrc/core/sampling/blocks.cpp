@@ -122,8 +122,15 @@ static void fold_rows(T *dW, int64_t m, int64_t nr, const T *g, const int64_t *g
     constexpr int R = 4;
     int64_t j0 = 0;
 #if defined(__GNUC__)
-    constexpr int L = 32 / (int)sizeof(T);
-    typedef T vec __attribute__((vector_size(32)));
+    // The vector width the build targets (-march=native may give 512-bit registers; a
+    // portable build gets 256-bit vectors, lowered to whatever the target has).
+#if defined(__AVX512F__)
+    constexpr int VB = 64;
+#else
+    constexpr int VB = 32;
+#endif
+    constexpr int L = VB / (int)sizeof(T);
+    typedef T vec __attribute__((vector_size(VB)));
     for (; j0 + 3 * L <= m; j0 += 3 * L) {
         vec a[R][3] = {};
         for (int32_t o = 0; o < cnt; ++o) {

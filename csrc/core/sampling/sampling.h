@@ -2,12 +2,13 @@
 // tests/test_layering.py): tensor < saved < node < tape < sampling < ops. Ops call the
 // functions below; the sampling code never calls ops.
 //
-// An op whose saved tensor feeds only a parameter's gradient (the input x of
-// y = x @ W, used only for dW = x^T dy) asks pack_weight_input() to save it. With no
-// active policy this is an exact save. A policy instead stores a sampled payload
-// (values + RNG seed/counter + scale, plus small per-site data where a non-uniform
-// distribution needs it) from which weight_grad() computes the dW estimate directly,
-// without densifying x: the work is proportional to what was kept.
+// An op whose saved tensor feeds only a leaf's gradient (the input x of y = x @ W, used
+// only for dW = x^T dy; linear, matmul with a 2-D weight on either side, conv2d, a * x with
+// a leaf) asks pack_*() to save it. With no active policy this is an exact save. A policy
+// instead stores a sampled payload (values + RNG seed/counter + scale, plus small per-site
+// data where a non-uniform distribution needs it) from which sampled_weight_grad()
+// computes the dW estimate directly, without densifying x: the work is proportional to
+// what was kept. Exact payloads are read by the ops' own exact backward.
 //
 // Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B):
 //   RAD_DIFF   per-example uniform feature indices, with replacement, scale n/k
@@ -19,10 +20,10 @@
 //   BERNOULLI  batch rows kept independently with probability p, weight 1/p
 //   SPAD       per-example feature indices drawn from q = (1-mix) score/sum + mix/n, weight 1/(k q)
 //   SPAD_MAG   per-example feature paths drawn ∝ |x_bj| (the variance-optimal per-example
-//              distribution, known in forward; stratified over the k quantiles of the |x_b|
-//              mass): each kept entry is sign(x_bj) * ||x_b||_1 / k,
+//              distribution, known in forward; systematic draws over the |x_b| mass, one
+//              uniform per example): each kept entry is sign(x_bj) * ||x_b||_1 / k,
 //              so the tape holds a 2-byte signed index per entry + one scale per row, and
-//              `keep` buys twice the entries RAD gets for the same bytes. Systematic draws.
+//              `keep` buys twice the entries RAD gets for the same bytes (narrow layers)
 //   MAG_BLOCK  SPAD_MAG on wide layers: blocks of 16 features drawn ∝ their L2 norm
 //              (blocks.cpp), values scaled and stored, backward by RAD's block kernel
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
