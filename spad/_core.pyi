@@ -331,6 +331,13 @@ def rmsprop_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.S
     ...
 def set_active_policy(policy: Policy) -> None:
     ...
+def set_grad_complete_hook(tensor: Tensor, hook: collections.abc.Callable[[Tensor], None] | None) -> None:
+    """
+    Call hook(tensor) inside backward() once the pass has delivered the last contribution to the
+    leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.
+    """
+def has_grad_complete_hook(tensor: Tensor) -> bool:
+    ...
 def set_grad_enabled(arg0: bool) -> None:
     ...
 def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None:

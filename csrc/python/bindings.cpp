@@ -1,6 +1,7 @@
 // bindings.cpp — spad._core. Translation only: Python objects in, core calls, Python
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
+#include <pybind11/functional.h>
 
 #include "../core/conv.h"
 #include "../core/gemm.h"
@@ -231,6 +232,12 @@ PYBIND11_MODULE(_core, m) {
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
+    m.def("set_grad_complete_hook", [](const Tensor &t, std::function<void(Tensor)> fn) {
+        set_grad_complete_hook(t, fn ? GradHook([fn](const Tensor &leaf) { fn(leaf); }) : GradHook());
+    }, py::arg("tensor"), py::arg("hook").none(true),
+          "Call hook(tensor) inside backward() once the pass has delivered the last contribution to the\n"
+          "leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.");
+    m.def("has_grad_complete_hook", [](const Tensor &t) { return has_grad_complete_hook(t); }, py::arg("tensor"));
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
     });
