@@ -164,11 +164,19 @@ def train(kind, batch, seed, steps, eval_every, data, checkpoints=(), noise_draw
     return rec
 
 
-def run(steps=4000, seeds=3, eval_every=250, quick=False):
-    try:
-        Xtr, ytr, Xte, yte = spad.datasets.fashion_mnist()
-    except FileNotFoundError as e:
-        return f"### Equal-memory study\n\nSkipped: {e}\n", None
+def check_dataset(data_dir=None):
+    """Raise FileNotFoundError (with the install hint) unless the four IDX files are present."""
+    directory = data_dir or spad.datasets.FASHION_MNIST_DIR
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    missing = [s for s in stems if spad.datasets._find(directory, s) is None]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not found in {directory} "
+                                "(apt-get install dataset-fashion-mnist)")
+
+
+def run(steps=4000, seeds=3, eval_every=250, quick=False, data_dir=None):
+    """The study's RESULTS.md section and raw results; a missing dataset raises FileNotFoundError."""
+    Xtr, ytr, Xte, yte = spad.datasets.fashion_mnist(data_dir)
     sub = np.random.default_rng(12345).choice(len(Xtr), 10000, replace=False)
     data = (Xtr, ytr, Xte, yte, np.ascontiguousarray(Xtr[sub]), ytr[sub])
     b_eq, budget, t_eq, t_big = equal_memory_batch(Xtr, ytr)

@@ -130,14 +130,19 @@ def _policy_context(sampling):
     return S.use(sampling)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(epochs: int, loader, enabled: bool):
+    """A bar that advances once per batch (total = epochs x batches when the loader has a length)."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a declared dependency, but a missing bar must not stop training
         return None
-    return tqdm(total=total, unit="epoch", leave=True)
+    try:
+        total = epochs * len(loader)
+    except TypeError:  # a plain iterable: the bar counts batches without a total
+        total = None
+    return tqdm(total=total, unit="batch", leave=True)
 
 
 def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling=None,
@@ -161,7 +166,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
         raise ValueError("fit: early_stopping needs a validation set (val=(X_val, y_val))")
     params = model.parameters()
     hist = History()
-    bar = _progress(epochs, progress)
+    bar = _progress(epochs, train_loader, progress)
     if hasattr(model, "train"):
         model.train()
     try:
@@ -198,6 +203,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                     correct += int((out.numpy().argmax(axis=1) == labels).sum())
                 seen += len(xb)
                 steps += 1
+                if bar is not None:
+                    bar.update(1)
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
@@ -215,8 +222,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                     hist.val_accuracy.append(res["accuracy"])
                     postfix["val_acc"] = f"{res['accuracy']:.4f}"
             if bar is not None:
+                postfix["epoch"] = epoch + 1
                 bar.set_postfix(postfix)
-                bar.update(1)
             stop = any(bool(cb(epoch, hist, model)) for cb in callbacks)
             if early_stopping is not None:
                 metric = hist.val_loss[-1] if early_stopping.monitor == "val_loss" else hist.val_accuracy[-1]

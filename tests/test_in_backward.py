@@ -228,3 +228,12 @@ def test_fit_with_an_in_backward_optimizer_matches_fit_with_step():
     np.testing.assert_allclose(res[1][0], res[0][0], rtol=1e-5)
     for a, b in zip(res[0][1], res[1][1]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_progress_bar_advances_per_batch(capsys):
+    X, y = spad.datasets.two_moons(64, seed=0)
+    model = nn.mlp([2, 8, 2], seed=0)
+    spad.train.fit(model, F.cross_entropy, spad.data.DataLoader(X, y, 16), optim.SGD(model.parameters(), 0.1), 2,
+                   progress=True)
+    err = capsys.readouterr().err
+    assert "8/8" in err and "batch" in err, err[-300:]
