@@ -30,6 +30,7 @@ from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
+from .memory import memory_summary  # allocated bytes by category
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "is_grad_enabled",
     "memory_stats",
     "reset_peak_memory_stats",
+    "memory_summary",
     "set_tape_budget",
     "set_num_threads",
     "get_num_threads",

@@ -10,8 +10,14 @@ class TapeBudgetError(MemoryError):
 class Tensor:
     __array_ufunc__ = None
     _is_param: bool
+    _memory_category: str
     grad: Tensor
     requires_grad: bool
+    @property
+    def _is_allocated(self) -> bool:
+        """
+        True when spad allocated the storage (False for borrowed numpy buffers).
+        """
     def __add__(self, arg0: typing.Any) -> Tensor:
         ...
     def __array__(self, dtype = None, copy = None):
@@ -311,8 +317,18 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     """
 def max_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
     ...
-def memory_stats() -> dict:
+def _memory_categories() -> dict:
     ...
+def _owned_copy(array: numpy.ndarray) -> Tensor:
+    """
+    A spad-allocated, counted copy of a float array.
+    """
+def memory_stats() -> dict:
+    """
+    Tape bytes (now, peak, exact-equivalent), the tape budget, and allocated_bytes /
+    peak_allocated_bytes: live data bytes of every storage spad allocated (numpy buffers
+    shared zero-copy are not spad's allocation). Peaks are since reset_peak_memory_stats().
+    """
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
     """
     Mean squared error; shapes must match.

@@ -7,8 +7,8 @@ registration order (as PyTorch does); optimizers and state dicts use that order.
     >>> model = Sequential(Linear(64, 256, seed=0), ReLU(), Linear(256, 10, seed=1))
     >>> logits = model(x)              # x: spad tensor (batch, 64)
 
-Parameters are float32 numpy-backed tensors marked ``_is_param`` (they live anyway, so
-the tape-memory figure does not count them).
+Parameters are float32 tensors in spad-allocated storage marked ``_is_param`` (they live
+anyway, so the tape-memory figure does not count them; ``spad.memory_summary()`` does).
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from ._core import Tensor
 
 
 def Parameter(values: np.ndarray) -> Tensor:
-    """A trainable leaf tensor sharing ``values`` (a contiguous float array)."""
-    t = _core.from_numpy(np.ascontiguousarray(values))
+    """A trainable leaf tensor holding a copy of ``values`` (a float array) in spad's own
+    storage, so that it counts in ``spad.memory_stats()`` as a parameter."""
+    t = _core._owned_copy(values)
     t.requires_grad = True
     t._is_param = True
     return t

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _core
 from ._core import Tensor
+from .memory import owned
 
 
 class Optimizer:
@@ -74,8 +75,8 @@ class Optimizer:
         for buf in self._buffers:
             self._views[buf] = []
             for p, st in zip(self.params, self.state):
-                st[buf] = np.zeros(p.shape, dtype=p.dtype)
-                self._views[buf].append(_core.from_numpy(st[buf]))
+                st[buf], view = owned(np.zeros(p.shape, dtype=p.dtype), "optimizer_state")  # counted, spad's own
+                self._views[buf].append(view)
         self.in_backward = False
         self._counts = [0] * len(self.params)  # per-parameter updates done inside backward()
         if in_backward:

@@ -82,7 +82,7 @@ spad::Tensor read_tensor(Reader &r) {
         std::memcpy(&d[i], &bits, 4);
     }
     t->requires_grad = true;
-    t->storage->is_param = true;
+    spad::set_category(*t->storage, spad::MemCategory::PARAMETERS);
     return t;
 }
 
@@ -322,7 +322,7 @@ spad_status spad_model_mlp(spad_ctx_t *ctx, const int32_t *sizes, int32_t n_size
             spad::Tensor b = spad::zeros({sizes[i + 1]}, spad::DType::F32);
             for (spad::Tensor *p : {&W, &b}) {
                 (*p)->requires_grad = true;
-                (*p)->storage->is_param = true;
+                spad::set_category(*(*p)->storage, spad::MemCategory::PARAMETERS);
             }
             L.params = {W, b};
             m->layers.push_back(std::move(L));

@@ -83,7 +83,7 @@ spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
         };
         ctx->step = make(p.step_arena, p.step_arena_bytes);
         ctx->persist = make(p.persistent_arena, p.persistent_arena_bytes);
-        spad::mem_stats().budget = p.tape_budget;
+        spad::mem_stats().budget.store(p.tape_budget);
         spad::manual_seed(p.seed);
         *out = ctx.release();
     });
@@ -173,7 +173,7 @@ spad_status spad_tensor_set_param(spad_ctx_t *ctx, spad_tensor_t *t) {
     if (s != SPAD_OK) return s;
     return guard([&] {
         make_persistent(ctx, t->t);
-        t->t->storage->is_param = true;
+        spad::set_category(*t->t->storage, spad::MemCategory::PARAMETERS);
     });
 }
 
@@ -315,12 +315,19 @@ spad_status spad_ctx_arena_reset_peak(spad_ctx_t *ctx) {
 spad_status spad_mem_stats_get(spad_mem_stats *out) {
     return guard([&] {
         need(out != nullptr, "spad_mem_stats_get", "out is NULL");
-        const spad::MemStats &m = spad::mem_stats();
+        const spad::MemSnapshot m = spad::mem_snapshot();
         out->tape_bytes = m.tape_bytes;
         out->peak_tape_bytes = m.peak_tape_bytes;
         out->exact_tape_bytes = m.exact_tape_bytes;
         out->peak_exact_tape_bytes = m.peak_exact_tape_bytes;
         out->budget = m.budget;
+        out->allocated_bytes = m.allocated_bytes;
+        out->peak_allocated_bytes = m.peak_allocated_bytes;
+        static_assert((int)SPAD_MEM_CATEGORIES == spad::kMemCategories, "spad.h categories follow memory.h");
+        for (int i = 0; i < spad::kMemCategories; ++i) {
+            out->category_bytes[i] = m.by_category[i];
+            out->peak_category_bytes[i] = m.peak_by_category[i];
+        }
     });
 }
 
@@ -329,7 +336,7 @@ void spad_mem_stats_reset_peak(void) { spad::reset_peak_memory_stats(); }
 spad_status spad_tape_budget_set(int64_t bytes) {
     return guard([&] {
         need(bytes >= -1, "spad_tape_budget_set", "budget must be >= 0 bytes, or -1 for none");
-        spad::mem_stats().budget = bytes;
+        spad::mem_stats().budget.store(bytes);
     });
 }
 

@@ -4,59 +4,6 @@
 
 namespace spad {
 
-MemStats &mem_stats() {
-    static MemStats s;
-    return s;
-}
-
-void reset_peak_memory_stats() {
-    MemStats &m = mem_stats();
-    m.peak_tape_bytes = m.tape_bytes;
-    m.peak_exact_tape_bytes = m.exact_tape_bytes;
-}
-
-static void charge_tape(const std::shared_ptr<Storage> &s, int sign) {
-    if (!s || s->is_param) return;
-    MemStats &m = mem_stats();
-    if (sign > 0) {
-        if (s->tape_refs++ == 0) {
-            if (m.budget >= 0 && m.tape_bytes + (int64_t)s->nbytes > m.budget) {
-                s->tape_refs--;
-                throw BudgetError(str("tape budget exceeded: saving ", s->nbytes, " bytes would bring the tape to ",
-                                      m.tape_bytes + (int64_t)s->nbytes, " bytes, over the budget of ", m.budget,
-                                      " bytes; lower the keep fraction, the batch size, or raise the budget"));
-            }
-            m.tape_bytes += (int64_t)s->nbytes;
-            m.peak_tape_bytes = std::max(m.peak_tape_bytes, m.tape_bytes);
-        }
-    } else if (--s->tape_refs == 0) {
-        m.tape_bytes -= (int64_t)s->nbytes;
-    }
-}
-
-static std::shared_ptr<ExactCharge> exact_token(const std::shared_ptr<Storage> &s) {
-    if (!s) return nullptr;
-    if (!s->exact_charge) {
-        s->exact_charge = std::make_shared<ExactCharge>();
-        s->exact_charge->nbytes = s->nbytes;
-    }
-    s->exact_charge->is_param = s->is_param;  // may be set after the storage was made
-    return s->exact_charge;
-}
-
-static void charge_exact(const std::shared_ptr<ExactCharge> &s, int sign) {
-    if (!s || s->is_param) return;
-    MemStats &m = mem_stats();
-    if (sign > 0) {
-        if (s->refs++ == 0) {
-            m.exact_tape_bytes += (int64_t)s->nbytes;
-            m.peak_exact_tape_bytes = std::max(m.peak_exact_tape_bytes, m.exact_tape_bytes);
-        }
-    } else if (--s->refs == 0) {
-        m.exact_tape_bytes -= (int64_t)s->nbytes;
-    }
-}
-
 // An alias shares storage but carries no grad_fn: saving an op's own output must not
 // make the node own itself (a reference cycle).
 static Tensor alias(const Tensor &t) { return view(t, t->shape, t->strides, t->offset); }

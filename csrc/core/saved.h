@@ -17,6 +17,7 @@
 #pragma once
 #include <cstdint>
 
+#include "memory.h"  // MemStats, charge_tape/charge_exact
 #include "tensor.h"
 
 namespace spad {
@@ -29,16 +30,6 @@ enum class SaveKind : uint8_t {
     SAMPLED,  // a sampled subset of values + (seed, counter) + scale; see sampling
     INDEX,    // integer data (labels, argmax) kept exactly
 };
-
-struct MemStats {
-    int64_t tape_bytes = 0;
-    int64_t peak_tape_bytes = 0;
-    int64_t exact_tape_bytes = 0;
-    int64_t peak_exact_tape_bytes = 0;
-    int64_t budget = -1;  // hard cap on tape_bytes; -1 = none
-};
-MemStats &mem_stats();
-void reset_peak_memory_stats();
 
 struct SavedTensor {
     SaveKind kind = SaveKind::NONE;

@@ -49,7 +49,9 @@ static thread_local bool g_grad_enabled = true;
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 
-static uint64_t g_seq = 0;  // creation order; single-threaded recording
+// Creation order. Atomic because threads may record separate graphs at once; within one
+// graph (one thread) the order is still the recording order.
+static std::atomic<uint64_t> g_seq{0};
 uint64_t next_seq() { return ++g_seq; }
 
 static Edge edge_of(const Tensor &t) {
@@ -196,7 +198,7 @@ void set_grad_complete_hook(const Tensor &leaf, GradHook hook) {
 bool has_grad_complete_hook(const Tensor &leaf) { return leaf && hook_of(leaf.get()) != nullptr; }
 
 // ---- the reverse sweep -------------------------------------------------------------
-static uint64_t g_epoch = 0;
+static std::atomic<uint64_t> g_epoch{0};  // per-pass visit marks; unique across threads
 
 namespace {
 // Leaves with a hook that the current pass reaches: how many edges still owe them a
@@ -221,7 +223,12 @@ static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_gra
         leaf->grad = ops::add(leaf->grad, g);
     } else {
         ops::add_(leaf->grad, g);
+        return;
     }
+    // The buffer now is a gradient (Note [Allocation accounting] in memory.h); a storage
+    // that already has a category (a parameter passed as its own seed) keeps it.
+    Storage &s = *leaf->grad->storage;
+    if (s.category == MemCategory::OTHER) set_category(s, MemCategory::GRADIENTS);
 }
 
 void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool create_graph) {

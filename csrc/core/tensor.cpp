@@ -36,11 +36,13 @@ std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
         s->nbytes = nbytes;
         s->release = free_arena;
         s->ctx = a;
+        count_alloc(*s);
         return s;
     }
     if (nbytes <= Storage::kSmall) {
         s->data = s->small;
         s->nbytes = nbytes;
+        count_alloc(*s);
         return s;
     }
     tune_allocator();
@@ -51,6 +53,7 @@ std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
     if (!s->data) throw std::bad_alloc();
     s->nbytes = nbytes;
     s->release = free_heap;
+    count_alloc(*s);
     return s;
 }
 

@@ -6,10 +6,12 @@
 // Strides are in elements. Most kernels call contiguous() first; views (transpose,
 // reshape of contiguous data, detach) share storage.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <utility>
 
 #include "common.h"
+#include "memory.h"
 
 namespace spad {
 
@@ -22,7 +24,7 @@ using Tensor = std::shared_ptr<TensorImpl>;
 // the whole tensor alive, and the sampled tape would save nothing but on paper.
 struct ExactCharge {
     size_t nbytes = 0;
-    int32_t refs = 0;  // live payloads that an exact tape would have charged for it
+    std::atomic<int32_t> refs{0};  // live payloads that an exact tape would have charged for it
     bool is_param = false;
 };
 
@@ -37,11 +39,15 @@ struct Storage {
     uint64_t version = 0;
     // How many live saved payloads hold this storage (real tape) / would hold it in an
     // exact tape. Bytes are counted once per storage. See Note [Tape accounting].
-    int32_t tape_refs = 0;
+    std::atomic<int32_t> tape_refs{0};
     std::shared_ptr<ExactCharge> exact_charge;  // made on first use
     // Persistent state (parameters, optimizer and sampler state) lives across steps anyway:
     // saving it costs the tape nothing, so it is not counted in tape bytes.
     bool is_param = false;
+    // Allocation accounting (Note [Allocation accounting] in memory.h): `counted` storages
+    // were made by alloc_storage(); borrowed ones (numpy) are not spad's allocation.
+    bool counted = false;
+    MemCategory category = MemCategory::OTHER;
     // Small tensors (a batch-1 activation, a bias) live inside the Storage object itself:
     // one allocation instead of two. See alloc_storage().
     static constexpr size_t kSmall = 256;
@@ -51,6 +57,7 @@ struct Storage {
     Storage(const Storage &) = delete;
     Storage &operator=(const Storage &) = delete;
     ~Storage() {
+        count_free(*this);
         if (release) release(data, ctx);
     }
 };

@@ -56,14 +56,42 @@ py::tuple shape_tuple(const Shape &s) {
 }
 
 py::dict stats_dict() {
-    const MemStats &m = mem_stats();
+    const MemSnapshot m = mem_snapshot();
     py::dict d;
     d["tape_bytes"] = m.tape_bytes;
     d["peak_tape_bytes"] = m.peak_tape_bytes;
     d["exact_tape_bytes"] = m.exact_tape_bytes;
     d["peak_exact_tape_bytes"] = m.peak_exact_tape_bytes;
     d["budget"] = m.budget < 0 ? py::object(py::none()) : py::object(py::int_(m.budget));
+    d["allocated_bytes"] = m.allocated_bytes;
+    d["peak_allocated_bytes"] = m.peak_allocated_bytes;
     return d;
+}
+
+// Per-category counters for spad.memory_summary() (spad/memory.py formats them).
+py::dict category_dict() {
+    const MemSnapshot m = mem_snapshot();
+    py::dict d;
+    for (int i = 0; i < kMemCategories; ++i) {
+        py::dict c;
+        c["current"] = m.by_category[i];
+        c["peak"] = m.peak_by_category[i];
+        d[mem_category_name((MemCategory)i)] = c;
+    }
+    py::dict total;
+    total["current"] = m.allocated_bytes;
+    total["peak"] = m.peak_allocated_bytes;
+    d["total"] = total;
+    d["live_storages"] = m.alloc_count;
+    d["total_allocated_bytes"] = m.total_allocated;
+    return d;
+}
+
+MemCategory category_of(const std::string &name) {
+    for (int i = 0; i < kMemCategories; ++i)
+        if (name == mem_category_name((MemCategory)i)) return (MemCategory)i;
+    throw ValueError(str("unknown memory category '", name,
+                         "'; expected 'parameters', 'gradients', 'optimizer_state' or 'other'"));
 }
 
 }  // namespace
@@ -132,7 +160,16 @@ PYBIND11_MODULE(_core, m) {
             })
         .def_property(
             "_is_param", [](const TensorImpl &t) { return t.storage->is_param; },
-            [](TensorImpl &t, bool on) { t.storage->is_param = on; })
+            [](TensorImpl &t, bool on) {
+                if (on || t.storage->category == MemCategory::PARAMETERS)
+                    set_category(*t.storage, on ? MemCategory::PARAMETERS : MemCategory::OTHER);
+            })
+        .def_property(
+            "_memory_category", [](const TensorImpl &t) { return mem_category_name(effective_category(*t.storage)); },
+            [](TensorImpl &t, const std::string &c) { set_category(*t.storage, category_of(c)); },
+            "Accounting category of the storage (Note [Allocation accounting] in csrc/core/memory.h).")
+        .def_property_readonly("_is_allocated", [](const TensorImpl &t) { return t.storage->counted; },
+                               "True when spad allocated the storage (False for borrowed numpy buffers).")
         .def_property_readonly("_version", [](const TensorImpl &t) { return t.storage->version; })
         .def("numpy", [](const Tensor &t) { return to_numpy(t); }, "A numpy view of the data (no copy).")
         .def("item", [](const Tensor &t) { return item(t); }, "The value of a one-element tensor as a float.")
@@ -267,14 +304,28 @@ PYBIND11_MODULE(_core, m) {
     // ---- tape control and accounting ----
     m.def("set_grad_enabled", &set_grad_enabled);
     m.def("is_grad_enabled", &grad_enabled);
-    m.def("memory_stats", &stats_dict);
+    m.def("memory_stats", &stats_dict,
+          "Tape bytes (now, peak, exact-equivalent), the tape budget, and allocated_bytes /\n"
+          "peak_allocated_bytes: live data bytes of every storage spad allocated (numpy buffers\n"
+          "shared zero-copy are not spad's allocation). Peaks are since reset_peak_memory_stats().");
+    m.def("_memory_categories", &category_dict);
+    m.def("_owned_copy", [](const py::array &a) {
+        // Parameters and optimizer state are spad's own, counted allocations (Note
+        // [Allocation accounting] in csrc/core/memory.h), not borrowed numpy buffers.
+        py::array c = py::module_::import("numpy").attr("ascontiguousarray")(a);
+        Shape shape;
+        for (py::ssize_t i = 0; i < c.ndim(); ++i) shape.push_back(c.shape(i));
+        Tensor t = empty(shape, dtype_of(c.dtype()));
+        std::memcpy(t->raw(), c.data(), (size_t)t->numel() * dtype_size(t->dtype));
+        return t;
+    }, py::arg("array"), "A spad-allocated, counted copy of a float array.");
     m.def("reset_peak_memory_stats", &reset_peak_memory_stats);
-    m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes, mem_stats().peak_exact_tape_bytes); },
+    m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes.load(), mem_stats().peak_exact_tape_bytes.load()); },
           "(peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).");
     m.def("set_tape_budget", [](const py::object &b) {
         int64_t v = b.is_none() ? -1 : b.cast<int64_t>();
         SPAD_CHECK(b.is_none() || v >= 0, ValueError, "set_tape_budget: budget must be >= 0 bytes or None, got ", v);
-        mem_stats().budget = v;
+        mem_stats().budget.store(v);
     });
     m.def("op_table", [] {
         py::list rows;

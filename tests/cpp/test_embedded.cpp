@@ -308,6 +308,45 @@ static void test_model_file() {
     spad_model_free(ctx, bad);
 }
 
+// The C API reports the same allocation accounting as Python: parameters in their own
+// category, the step's transients in the others, everything back to the baseline after
+// the step's handles are rewound; an arena-backed step's allocation peak fits its arena.
+static void test_allocation_accounting() {
+    for (int arena = 0; arena < 2; ++arena) {
+        spad_ctx_t *ctx = nullptr;
+        spad_ctx_params p = arena ? arena_params() : spad_ctx_default_params();
+        spad_mem_stats m0, m1, m2;
+        OK(spad_mem_stats_get(&m0));
+        OK(spad_ctx_init(&p, &ctx));
+        CtxGuard g(ctx);
+        const int32_t sizes[3] = {2, 64, 2};
+        spad_model_t *m = nullptr;
+        OK(spad_model_mlp(ctx, sizes, 3, 3, &m));
+        const int64_t pbytes = (2 * 64 + 64 + 64 * 2 + 2) * 4;
+        OK(spad_mem_stats_get(&m1));
+        CHECK(m1.category_bytes[SPAD_MEM_PARAMETERS] - m0.category_bytes[SPAD_MEM_PARAMETERS] == pbytes);
+        CHECK(m1.allocated_bytes - m0.allocated_bytes == pbytes);
+        Data d = xor_data(32, 4);
+        double loss;
+        spad_mem_stats_reset_peak();
+        OK(spad_ctx_arena_reset_peak(ctx));
+        OK(step(ctx, m, d, 32, 0.1, &loss));
+        OK(spad_mem_stats_get(&m2));
+        CHECK(m2.allocated_bytes == m1.allocated_bytes);  // nothing of the step outlives it
+        CHECK(m2.tape_bytes == m0.tape_bytes);
+        for (int c = 0; c < SPAD_MEM_CATEGORIES; ++c) CHECK(m2.category_bytes[c] == m1.category_bytes[c]);
+        // The step held its input, a 32x64 activation and the gradients at some point.
+        CHECK(m2.peak_allocated_bytes >= m1.allocated_bytes + 32 * 64 * 4 + pbytes);
+        CHECK(m2.peak_category_bytes[SPAD_MEM_GRADIENTS] - m1.category_bytes[SPAD_MEM_GRADIENTS] == pbytes);
+        CHECK(m2.peak_category_bytes[SPAD_MEM_TAPE] > m1.category_bytes[SPAD_MEM_TAPE]);
+        if (arena) {
+            spad_arena_stats st;
+            OK(spad_ctx_arena_stats(ctx, &st));
+            CHECK(m2.peak_allocated_bytes - m1.allocated_bytes <= st.step_high_water);
+        }
+    }
+}
+
 int main() {
     test_arena_reuse();
     test_arena_exhausted();
@@ -316,6 +355,7 @@ int main() {
     test_sampled_step_needs_less_arena();
     test_measure_mode();
     test_model_file();
+    test_allocation_accounting();
     if (g_failures) {
         std::fprintf(stderr, "test_embedded: %d of %d checks failed\n", g_failures, g_checks);
         return 1;

@@ -31,7 +31,8 @@
  *   - Tensors made here are dense, row-major and contiguous; spad_tensor_data() points at
  *     the first element. Writing through it is allowed before a forward pass, not between
  *     a forward pass and its backward (saved values would silently change).
- *   - Tape accounting and the tape budget are process-wide (the core keeps one tape).
+ *   - Tape and allocation accounting and the tape budget are process-wide; the counters
+ *     are atomic, so threads running separate contexts keep them exact.
  *   - Not thread-safe: use one thread per process for recording and backward.
  *   - Names are spad_<object>_<action>; ops are spad_<op>(ctx, inputs..., &out).
  */
@@ -92,12 +93,29 @@ typedef struct spad_arena_stats {
     int64_t persistent_used, persistent_high_water, persistent_capacity;
 } spad_arena_stats;
 
+/* Categories of allocated bytes: a storage is a parameter (spad_tensor_set_param, model
+ * weights), a gradient, optimizer state, held by the tape, or other (inputs, activations,
+ * backward temporaries). Memory the caller passes in (arena buffers) counts only where
+ * spad carves tensors from it. */
+typedef enum spad_mem_category {
+    SPAD_MEM_PARAMETERS = 0,
+    SPAD_MEM_GRADIENTS = 1,
+    SPAD_MEM_OPTIMIZER_STATE = 2,
+    SPAD_MEM_TAPE = 3,
+    SPAD_MEM_OTHER = 4,
+    SPAD_MEM_CATEGORIES = 5
+} spad_mem_category;
+
 typedef struct spad_mem_stats {
     int64_t tape_bytes;             /* bytes the tape keeps alive now */
     int64_t peak_tape_bytes;        /* high-water mark of tape_bytes */
     int64_t exact_tape_bytes;       /* what exact backprop would keep for the same graphs */
     int64_t peak_exact_tape_bytes;
     int64_t budget;                 /* -1 = none */
+    int64_t allocated_bytes;        /* live data bytes of every tensor spad made (heap or arena) */
+    int64_t peak_allocated_bytes;   /* high-water mark since spad_mem_stats_reset_peak() */
+    int64_t category_bytes[SPAD_MEM_CATEGORIES];       /* allocated_bytes by spad_mem_category */
+    int64_t peak_category_bytes[SPAD_MEM_CATEGORIES];  /* each category's own high-water mark */
 } spad_mem_stats;
 
 #define SPAD_MAX_DIMS 16
