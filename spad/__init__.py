@@ -30,6 +30,7 @@ from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
+from .budget import Budget, MemoryBudgetError  # training under a memory budget
 from .memory import memory_summary  # allocated bytes by category
 
 __version__ = "0.1.0"
@@ -65,4 +66,6 @@ __all__ = [
     "analysis",
     "export",
     "load_model",
+    "Budget",
+    "MemoryBudgetError",
 ]

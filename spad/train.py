@@ -37,6 +37,8 @@ class History:
     step_time: List[float] = field(default_factory=list)      # mean seconds per step (data + fwd + bwd + update)
     val_loss: List[float] = field(default_factory=list)
     val_accuracy: List[float] = field(default_factory=list)
+    peak_allocated_bytes: List[int] = field(default_factory=list)  # max over steps of the step's peak allocation
+    budget_plans: List[Any] = field(default_factory=list)  # fit(memory_budget=...): every BudgetPlan solved
     stopped_epoch: Optional[int] = None  # set when early stopping or a callback ended training
     best_epoch: Optional[int] = None     # the epoch whose parameters early stopping restored
 
@@ -145,9 +147,13 @@ def _progress(epochs: int, loader, enabled: bool):
     return tqdm(total=total, unit="batch", leave=True)
 
 
+def _step_peak_allocated() -> int:
+    return int(_core.memory_stats().get("peak_allocated_bytes", 0))
+
+
 def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling=None,
         val: Optional[Tuple[Any, Any]] = None, progress: bool = True, callbacks: Sequence[Callable] = (),
-        early_stopping=None, regularizer=None) -> History:
+        early_stopping=None, regularizer=None, memory_budget=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a History.
 
     ``loss_fn(output, target)`` returns a scalar tensor. ``sampling``: a spad.sampling
@@ -157,9 +163,29 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
     ``early_stopping``: an int patience or an EarlyStopping (needs ``val``).
     ``regularizer``: see Regularizer. A NaN/inf loss raises NonFiniteLossError (both a
     FloatingPointError and a ValueError) naming the epoch and step.
+
+    ``optimizer`` may update inside backward (``in_backward=True``): the loop is the same.
+    ``memory_budget``: bytes a training step may allocate (``memory_stats()['peak_allocated_bytes']``),
+    or a spad.Budget. fit() then samples each layer at the keep that fits the step into the
+    budget at the least gradient variance, using ``sampling`` (default RAD) as the estimator,
+    re-planned every ``Budget.resolve_every`` steps; ``History.budget_plans`` records each plan.
+    A budget below the floor raises spad.MemoryBudgetError before any parameter changes.
     """
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
+    budget = None
+    if memory_budget is not None:
+        from .budget import Budget
+
+        if isinstance(memory_budget, Budget):
+            budget = memory_budget
+        else:
+            from . import sampling as S
+
+            if sampling is not None and not isinstance(sampling, S.Policy):
+                raise TypeError(f"fit: sampling must be a spad.sampling policy, got {type(sampling).__name__}")
+            budget = Budget(memory_budget, base=None if isinstance(sampling, S.Exact) else sampling)
+        sampling = budget
     if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
         early_stopping = EarlyStopping(patience=early_stopping)
     if early_stopping is not None and val is None:
@@ -169,13 +195,22 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
     bar = _progress(epochs, train_loader, progress)
     if hasattr(model, "train"):
         model.train()
+    total_steps = 0
     try:
         for epoch in range(epochs):
             losses, correct, seen, peak, peak_exact, t_total, steps = [], 0, 0, 0, 0, 0.0, 0
+            peak_alloc = 0
             t0 = time.perf_counter()
             for step, (xb, yb) in enumerate(train_loader):
                 if isinstance(xb, np.ndarray):
                     xb = tensor(xb)  # the loader's contiguous float buffers are shared, not copied
+                if budget is not None and total_steps % budget.resolve_every == 0:
+                    # Probe steps on this batch (no update): the first raises MemoryBudgetError
+                    # before any parameter has changed.
+                    hist.budget_plans.append(budget.plan(model, loss_fn, xb, yb, optimizer, step=total_steps))
+                # Last step's gradients go before the forward pass, not after it: they are not
+                # needed any more and would otherwise sit under this step's peak.
+                optimizer.zero_grad()
                 _core.reset_peak_memory_stats()
                 try:
                     with _policy_context(sampling):
@@ -192,11 +227,12 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                             f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
                             "Lower the learning rate or check the data.") from e
                     raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
-                optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 step_peak, step_peak_exact = _core.peak_tape_bytes()
                 peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
+                peak_alloc = max(peak_alloc, _step_peak_allocated())
+                total_steps += 1
                 losses.append(value)
                 labels = _labels(yb)
                 if labels is not None and out.ndim == 2:
@@ -213,6 +249,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))
             hist.exact_tape_bytes.append(int(peak_exact))
+            hist.peak_allocated_bytes.append(int(peak_alloc))
             hist.step_time.append(t_total / max(steps, 1))
             postfix = {"loss": f"{hist.loss[-1]:.4f}"}
             if val is not None:

@@ -36,6 +36,18 @@ void set_active_policy(const std::shared_ptr<Policy> &p) { g_active = p; }
 const std::shared_ptr<Policy> &active_policy() { return g_active; }
 void begin_step(Policy &p) { p.step++; }
 
+SiteKeepScope::SiteKeepScope(Policy *p, const Tensor &W) {
+    if (!p || p->site_keep.empty()) return;
+    auto it = p->site_keep.find(W->storage.get());
+    if (it == p->site_keep.end()) return;
+    pol = p;
+    prev = p->cfg.keep;
+    p->cfg.keep = it->second;
+}
+SiteKeepScope::~SiteKeepScope() {
+    if (pol) pol->cfg.keep = prev;
+}
+
 // Walker/Vose alias table over a probability vector: O(1) draws, deterministic build,
 // so backward rebuilds exactly the table forward used from the stored q.
 struct Alias {
@@ -125,6 +137,7 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
 
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
     Policy *pol = g_active.get();
+    SiteKeepScope site_keep(pol, W);
     if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
         slot.pack_exact(x2d);
         return;

@@ -72,6 +72,9 @@ struct Policy {
     int64_t step = 0;          // forward passes begun under this policy
     uint64_t counter = 0;      // RNG counter: (cfg.seed, counter) is unique per payload
     std::unordered_map<const Storage *, std::shared_ptr<SiteState>> sites;
+    // Per-site keep overrides (weight storage -> keep in (0, 1]), set by a memory-budget solver
+    // (spad/budget.py); sites without one use cfg.keep. Applied while a site's input is packed.
+    std::unordered_map<const Storage *, double> site_keep;
     explicit Policy(PolicyConfig c);
     bool scoring_step() const;  // does the current step keep exact inputs to rescore?
     int64_t state_bytes() const;  // persistent per-site state (scores, q, stale norms)
@@ -82,6 +85,15 @@ struct Policy {
 void set_active_policy(const std::shared_ptr<Policy> &p);
 const std::shared_ptr<Policy> &active_policy();
 void begin_step(Policy &p);
+
+// Scoped: cfg.keep is the site's override (if any) while the input of weight W is packed, so
+// every estimator reads one keep. A no-op without a policy or an override.
+struct SiteKeepScope {
+    Policy *pol = nullptr;
+    double prev = 1.0;
+    SiteKeepScope(Policy *p, const Tensor &W);
+    ~SiteKeepScope();
+};
 
 void pack_weight_input(Node &n, SavedTensor &slot, const Tensor &x2d, const Tensor &W);
 Tensor weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);

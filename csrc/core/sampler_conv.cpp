@@ -18,6 +18,7 @@ using namespace sampling_detail;
 
 void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &w, const ConvGeom &geom) {
     Policy *pol = active_policy().get();
+    SiteKeepScope site_keep(pol, w);
     if (!pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0) {
         slot.pack_exact(x_);
         return;

@@ -364,6 +364,18 @@ PYBIND11_MODULE(_core, m) {
         .def("scoring_step", &Policy::scoring_step)
         .def("state_bytes", &Policy::state_bytes)
         .def("begin_step", [](Policy &p) { begin_step(p); })
+        .def("set_site_keep", [](Policy &p, const Tensor &w, const py::object &keep) {
+                 SPAD_CHECK(w, ValueError, "set_site_keep: got None instead of a weight tensor");
+                 if (keep.is_none()) {
+                     p.site_keep.erase(w->storage.get());
+                     return;
+                 }
+                 const double k = keep.cast<double>();
+                 SPAD_CHECK(k > 0.0 && k <= 1.0, ValueError, "set_site_keep: keep must be in (0, 1], got ", k);
+                 p.site_keep[w->storage.get()] = k;
+             }, py::arg("weight"), py::arg("keep").none(true),
+             "Keep for the site of this weight tensor (None: back to the policy's keep).")
+        .def("clear_site_keeps", [](Policy &p) { p.site_keep.clear(); })
         .def("site_scores", [](const Policy &p) {
             py::list out;
             for (const auto &kv : p.sites) out.append(py::array(py::cast(kv.second->score)));
