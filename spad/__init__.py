@@ -31,6 +31,7 @@ from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
 from .budget import Budget, MemoryBudgetError  # training under a memory budget
+from .checkpoint import checkpoint_sequential  # recomputation baseline (exact gradients, less memory)
 from .memory import memory_summary  # allocated bytes by category
 
 __version__ = "0.1.0"
@@ -68,4 +69,5 @@ __all__ = [
     "load_model",
     "Budget",
     "MemoryBudgetError",
+    "checkpoint_sequential",
 ]
