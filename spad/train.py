@@ -147,6 +147,18 @@ def _progress(epochs: int, loader, enabled: bool):
     return tqdm(total=total, unit="batch", leave=True)
 
 
+def _regularize(regularizer, loss, closure, params, optimizer):
+    """regularizer.add(...), with an in-backward optimizer's hooks off: a regularizer may run
+    backward passes of its own (gradient penalties), which must not update the parameters."""
+    if not getattr(optimizer, "in_backward", False):
+        return regularizer.add(loss, closure, params)
+    optimizer.remove_hooks()
+    try:
+        return regularizer.add(loss, closure, params)
+    finally:
+        optimizer._attach(type(optimizer).__name__)
+
+
 def _step_peak_allocated() -> int:
     return int(_core.memory_stats().get("peak_allocated_bytes", 0))
 
@@ -217,7 +229,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                         out = model(xb)
                         loss = loss_fn(out, yb)
                         if regularizer is not None:
-                            loss = regularizer.add(loss, lambda: loss_fn(model(xb), yb), params)
+                            loss = _regularize(regularizer, loss, lambda: loss_fn(model(xb), yb), params, optimizer)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise NonFiniteLossError(f"loss is {value}")

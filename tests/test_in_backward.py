@@ -276,3 +276,19 @@ def test_checkpoint_sequential_checks_arguments():
         checkpoint_sequential(model, 0, x, F.cross_entropy, np.array([0, 1]))
     with pytest.raises(TypeError, match="nn.Sequential"):
         checkpoint_sequential(model.children()[0], 1, x, F.cross_entropy, np.array([0, 1]))
+
+
+def test_fit_with_a_gradient_penalty_and_an_in_backward_optimizer():
+    from spad.analysis.implicit import ExplicitRegularizer
+
+    X, y = _data(3, n=64)
+    res = []
+    for ib in (False, True):
+        model = nn.mlp([12, 8, 5], seed=2)
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, in_backward=ib)
+        spad.train.fit(model, F.cross_entropy, spad.data.DataLoader(X, y, 16, seed=0), opt, 1, progress=False,
+                       regularizer=ExplicitRegularizer(0.1, method="exact"))
+        res.append([p.numpy().copy() for p in model.parameters()])
+        assert opt.in_backward == ib
+    for a, b in zip(*res):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
