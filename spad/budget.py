@@ -142,9 +142,14 @@ def _input_bytes(model, sites, x) -> Tuple[List[int], List[bool]]:
             return orig(self, inp, *a, **kw)
         return call
 
+    # Sequential fuses runs of Linear layers into one core call; for this trace, the modules are
+    # called one by one (the same values, no tape).
+    plan = nn.Sequential.__dict__.get("_plan")
     try:
         for cls in classes:
             cls.__call__ = wrap(cls, cls.__dict__.get("__call__") or cls.forward)
+        if plan is not None:
+            nn.Sequential._plan = lambda self: list(self._modules.values())
         with no_grad():
             model(x)
     finally:
@@ -153,6 +158,8 @@ def _input_bytes(model, sites, x) -> Tuple[List[int], List[bool]]:
                 del cls.__call__
             else:
                 cls.__call__ = orig
+        if plan is not None:
+            nn.Sequential._plan = plan
     return [seen.get(id(m), 0) for _, m in sites], [is_batch.get(id(m), False) for _, m in sites]
 
 

@@ -239,16 +239,20 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                             f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
                             "Lower the learning rate or check the data.") from e
                     raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
+                # Accuracy before backward, then the output goes: it may view a larger reused
+                # buffer, which backward can free at last use only if nothing else holds it.
+                labels = _labels(yb)
+                if labels is not None and out.ndim == 2:
+                    correct += int((out.numpy().argmax(axis=1) == labels).sum())
+                out = None
                 loss.backward()
+                loss = None
                 optimizer.step()
                 step_peak, step_peak_exact = _core.peak_tape_bytes()
                 peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
                 peak_alloc = max(peak_alloc, _step_peak_allocated())
                 total_steps += 1
                 losses.append(value)
-                labels = _labels(yb)
-                if labels is not None and out.ndim == 2:
-                    correct += int((out.numpy().argmax(axis=1) == labels).sum())
                 seen += len(xb)
                 steps += 1
                 if bar is not None:

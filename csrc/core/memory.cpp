@@ -1,5 +1,7 @@
 #include "memory.h"
 
+#include <mutex>
+
 #include "tensor.h"
 
 namespace spad {
@@ -43,7 +45,28 @@ void move_bytes(MemCategory from, MemCategory to, int64_t n) {
     m.by_category[(int)from].fetch_sub(n, std::memory_order_relaxed);
 }
 
+std::atomic<bool> g_trace_on{false};
+std::mutex g_trace_mu;
+std::vector<int64_t> g_trace;
+
+void trace(int64_t allocated) {
+    if (!g_trace_on.load(std::memory_order_relaxed)) return;
+    std::lock_guard<std::mutex> lock(g_trace_mu);
+    g_trace.push_back(allocated);
+}
+
 }  // namespace
+
+void set_memory_trace(bool on) {
+    std::lock_guard<std::mutex> lock(g_trace_mu);
+    if (on) g_trace.clear();
+    g_trace_on.store(on);
+}
+
+std::vector<int64_t> memory_trace() {
+    std::lock_guard<std::mutex> lock(g_trace_mu);
+    return g_trace;
+}
 
 void reset_peak_memory_stats() {
     MemStats &m = mem_stats();
@@ -86,7 +109,7 @@ void count_alloc(Storage &s) {
     m.alloc_count.fetch_add(1, std::memory_order_relaxed);
     m.total_allocated.fetch_add(n, std::memory_order_relaxed);
     bump(m.by_category[(int)MemCategory::OTHER], m.peak_by_category[(int)MemCategory::OTHER], n);
-    bump(m.allocated_bytes, m.peak_allocated_bytes, n);
+    trace(bump(m.allocated_bytes, m.peak_allocated_bytes, n));
 }
 
 void count_free(Storage &s) {
@@ -94,7 +117,7 @@ void count_free(Storage &s) {
     MemStats &m = mem_stats();
     const int64_t n = (int64_t)s.nbytes;
     m.by_category[(int)effective_category(s)].fetch_sub(n, std::memory_order_relaxed);
-    m.allocated_bytes.fetch_sub(n, std::memory_order_relaxed);
+    trace(m.allocated_bytes.fetch_sub(n, std::memory_order_relaxed) - n);
     m.alloc_count.fetch_sub(1, std::memory_order_relaxed);
     s.counted = false;
 }

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace spad {
 
@@ -63,6 +64,11 @@ void count_free(Storage &s);   // no-op for storages that were never counted
 // not settable; an uncounted (borrowed) storage only takes the flag.
 void set_category(Storage &s, MemCategory c);
 MemCategory effective_category(const Storage &s);
+
+// ---- tracing (benchmarks: allocated bytes over one step) ----
+// While on, every counted allocation and release appends allocated_bytes after it.
+void set_memory_trace(bool on);  // on: clears the trace
+std::vector<int64_t> memory_trace();
 
 // ---- tape charges (Note [Tape accounting] in saved.h) ----
 // Charges a payload's storage to tape_bytes once per storage (sign +1 / -1); throws

@@ -45,6 +45,13 @@ Tensor concat(const std::vector<Tensor> &xs, int64_t axis);
 // linear algebra
 Tensor matmul(const Tensor &a, const Tensor &b);
 Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b);  // x @ W + b, b may be null
+// A run of linear layers, each optionally followed by ReLU, recorded as the same nodes as
+// separate calls; intermediates are reused in place where the tape allows (ops/chain.cpp).
+struct ChainLayer {
+    Tensor W, b;  // b may be null
+    bool relu = false;
+};
+Tensor linear_chain(const Tensor &x, const std::vector<ChainLayer> &layers);
 
 // losses and normalizers
 Tensor softmax(const Tensor &x, int64_t axis);

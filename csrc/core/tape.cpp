@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "ops.h"
+#include "reuse.h"
 
 namespace spad {
 
@@ -311,20 +312,10 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                        "backward(); specify retain_graph=True if you need to backward through the graph a second time.");
             gin.assign(n->next.size(), nullptr);
             kOps[(int)n->op].backward(*n, g, gin.data());
-            for (size_t i = 0; i < n->next.size(); ++i) {
-                Edge &e = n->next[i];
-                if (!e.valid()) continue;
-                if (e.node) {
-                    if (!gin[i]) continue;
-                    Tensor &acc = e.node->grad_acc;
-                    acc = acc ? ops::add(acc, gin[i]) : gin[i];
-                } else {
-                    // Moved out, so a hook that frees leaf->grad frees the buffer itself.
-                    Tensor gi = std::move(gin[i]);
-                    if (gi) accumulate_leaf(e.leaf, gi, create_graph);
-                    if (!hooked.empty()) settle(e, (bool)gi);
-                }
-            }
+            // Free at last use: the incoming gradient and the payloads are dead once the rule
+            // has run, so they go before the outgoing gradients are accumulated (which may
+            // allocate), not at the end of the iteration.
+            g.reset();
             if (!retain_graph) {
                 // Only nodes that held payloads refuse a second pass (as in PyTorch).
                 for (SavedTensor &s : n->saved)
@@ -332,6 +323,32 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                         s.release();
                         n->released = true;
                     }
+            }
+            for (size_t i = 0; i < n->next.size(); ++i) {
+                Edge &e = n->next[i];
+                if (!e.valid()) continue;
+                if (!gin[i]) {
+                    if (e.leaf && !hooked.empty()) settle(e, false);
+                    continue;
+                }
+                if (e.node) {
+                    // Moved, not copied: the consumer must be the gradient's only owner to
+                    // reuse its buffer (Note [Buffer reuse] in reuse.h).
+                    Tensor &acc = e.node->grad_acc;
+                    if (!acc)
+                        acc = std::move(gin[i]);
+                    else if (!create_graph && acc->shape == gin[i]->shape && acc->dtype == gin[i]->dtype &&
+                             reusable(acc))
+                        ops::add_(acc, gin[i]);  // a second path's gradient: add into the first
+                    else
+                        acc = ops::add(acc, gin[i]);
+                } else {
+                    accumulate_leaf(e.leaf, gin[i], create_graph);
+                    // Dropped before the hook runs, so a hook that frees leaf->grad frees the buffer.
+                    gin[i].reset();
+                    if (!hooked.empty()) settle(e, true);
+                }
+                gin[i].reset();
             }
         }
     } catch (...) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -14,14 +15,27 @@ namespace spad {
 static void free_heap(void *data, void *) { std::free(data); }
 static void free_arena(void *data, void *arena) { static_cast<Arena *>(arena)->free(data); }
 
-// Training allocates and frees the same large buffers every step. glibc serves blocks
-// above 128 KiB with fresh mmap()s, so every step would pay page faults and zeroing for
-// its activations; raising the threshold lets freed blocks be reused instead.
+// Training allocates and frees the same large buffers every step; how the C library
+// serves them decides what the OS sees (peak RSS), which is what users measure. Options,
+// chosen once per process by SPAD_MALLOC (measured in benchmarks/realized_memory.py):
+//   mmap    (default) blocks >= 1 MiB get their own mmap() and go back to the OS on free, so
+//           RSS follows the allocation counters exactly (a fixed threshold also turns off
+//           glibc's sliding threshold, which otherwise moves freed 16 MiB blocks onto the
+//           heap, where freed holes stay resident and fragment);
+//   reuse   large blocks stay on the heap and are never trimmed: no page faults after the
+//           first step, but the heap's high-water mark (fragmentation included) stays in RSS;
+//   system  the C library's defaults.
 static void tune_allocator() {
 #ifdef __GLIBC__
     static const bool done = [] {
-        mallopt(M_MMAP_THRESHOLD, 256 << 20);
-        mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        const char *mode = std::getenv("SPAD_MALLOC");
+        const std::string m = mode ? mode : "mmap";
+        if (m == "reuse") {
+            mallopt(M_MMAP_THRESHOLD, 256 << 20);
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        } else if (m == "mmap") {
+            mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        }
         return true;
     }();
     (void)done;

@@ -266,6 +266,22 @@ PYBIND11_MODULE(_core, m) {
     m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
     m.def("linear", &ops::linear, py::arg("x"), py::arg("W"), py::arg("b") = Tensor(),
           "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
+    m.def("linear_chain", [](const Tensor &x, const py::list &layers) {
+        std::vector<ops::ChainLayer> ls;
+        for (const py::handle &h : layers) {
+            py::tuple t = h.cast<py::tuple>();
+            SPAD_CHECK(t.size() == 3, ValueError, "linear_chain: each layer is (W, b or None, relu), got ", t.size(),
+                       " items");
+            ops::ChainLayer L;
+            L.W = t[0].cast<Tensor>();
+            if (!t[1].is_none()) L.b = t[1].cast<Tensor>();
+            L.relu = t[2].cast<bool>();
+            ls.push_back(std::move(L));
+        }
+        return ops::linear_chain(x, ls);
+    }, py::arg("x"), py::arg("layers"),
+          "Linear layers (W, b or None, relu after?) applied in order: the nodes of separate linear/relu\n"
+          "calls, with intermediates overwritten in place once the tape no longer needs them.");
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");
@@ -309,6 +325,9 @@ PYBIND11_MODULE(_core, m) {
           "peak_allocated_bytes: live data bytes of every storage spad allocated (numpy buffers\n"
           "shared zero-copy are not spad's allocation). Peaks are since reset_peak_memory_stats().");
     m.def("_memory_categories", &category_dict);
+    m.def("_set_memory_trace", &set_memory_trace, py::arg("on"),
+          "While on, record allocated_bytes after every allocation and release (on clears the record).");
+    m.def("_memory_trace", &memory_trace, "The recorded allocated_bytes values, in order.");
     m.def("_owned_copy", [](const py::array &a) {
         // Parameters and optimizer state are spad's own, counted allocations (Note
         // [Allocation accounting] in csrc/core/memory.h), not borrowed numpy buffers.

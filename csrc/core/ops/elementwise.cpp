@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "../ops.h"
+#include "../reuse.h"
 #include "../sampler.h"
 
 namespace spad {
@@ -230,7 +231,11 @@ static Tensor pack_bits_positive(const Tensor &x, Tensor &out) {
 
 Tensor relu(const Tensor &x_) {
     Tensor x = contiguous(x_);
-    Tensor out = empty(x->shape, x->dtype);
+    // The last reader of x (a chain inside the core) gets its output in x's buffer: the
+    // tape keeps only the 1-bit mask, so nothing else needs x (Note [Buffer reuse]).
+    const bool reuse = reusable(x, x == x_ ? 1 : 0);
+    Tensor out = reuse ? view(x, x->shape, x->strides, 0) : empty(x->shape, x->dtype);
+    if (reuse) x->storage->version++;
     auto node = make_node(OpKind::RELU, {&x_});
     if (!node) {
         SPAD_FLOAT(x->dtype, T, {
@@ -247,7 +252,11 @@ Tensor relu(const Tensor &x_) {
 
 Tensor mask_mul(const Tensor &g_, const Tensor &bits) {
     Tensor g = contiguous(g_);
-    Tensor out = empty(g->shape, g->dtype);
+    // In backward (no graph being recorded) the incoming gradient is usually the tape's
+    // alone: ReLU's backward then masks it in place (Note [Buffer reuse]).
+    const bool reuse = !grad_enabled() && reusable(g, g == g_ ? 1 : 0);
+    Tensor out = reuse ? view(g, g->shape, g->strides, 0) : empty(g->shape, g->dtype);
+    if (reuse) g->storage->version++;
     const uint8_t *pb = bits->data<uint8_t>();
     SPAD_FLOAT(g->dtype, T, {
         const T *p = g->data<T>();

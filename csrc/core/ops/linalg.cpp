@@ -5,6 +5,7 @@
 
 #include "../gemm.h"
 #include "../ops.h"
+#include "../reuse.h"
 #include "../sampler.h"
 
 namespace spad {
@@ -135,11 +136,27 @@ Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b) {
     Tensor x2 = contiguous(x);
     Shape oshape = x->shape;
     oshape.back() = outf;
-    Tensor out = empty(oshape, x->dtype);
     Tensor w = gemmable(W);
     bool tw;
     int64_t ldw;
     gemm_layout(in, outf, w->strides[0], w->strides[1], tw, ldw);
+    // Save first: then, if nothing (not even the tape) needs x any more, y overwrites x's
+    // rows as they are consumed (Note [Buffer reuse] in reuse.h).
+    std::shared_ptr<Node> node = b ? make_node(OpKind::LINEAR, {&x, &W, &b}) : make_node(OpKind::LINEAR, {&x, &W});
+    if (node) {
+        node->at.i0 = R;
+        if (node->needs(1)) pack_weight_input(*node, node->saved[0], reshape(x, {R, in}), W);
+        if (node->needs(0)) node->saved[1].pack_exact(W);
+    }
+    if (outf <= in && R > 0 && reusable(x2, x2 == x ? 1 : 0)) {
+        Tensor bc = b ? contiguous(b) : Tensor();
+        gemm_rows_in_place(x2->dtype, x2->raw(), R, in, outf, w->raw(), tw, ldw, bc ? bc->raw() : nullptr);
+        x2->storage->version++;
+        Tensor out = view(x2, oshape, contiguous_strides(oshape), 0);
+        attach(out, node);
+        return out;
+    }
+    Tensor out = empty(oshape, x->dtype);
     SPAD_FLOAT(x->dtype, T, {
         T *o = out->data<T>();
         T beta = 0;
@@ -151,12 +168,6 @@ Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b) {
         }
         gemm(false, tw, R, outf, in, T(1), x2->data<T>(), in, w->data<T>(), ldw, beta, o, outf);
     });
-    std::shared_ptr<Node> node = b ? make_node(OpKind::LINEAR, {&x, &W, &b}) : make_node(OpKind::LINEAR, {&x, &W});
-    if (node) {
-        node->at.i0 = R;
-        if (node->needs(1)) pack_weight_input(*node, node->saved[0], reshape(x, {R, in}), W);
-        if (node->needs(0)) node->saved[1].pack_exact(W);
-    }
     attach(out, node);
     return out;
 }
@@ -165,9 +176,24 @@ void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     const int64_t R = n.at.i0;
     const Shape &ws = n.in_shape[1];
     Tensor g2 = reshape(g, {R, ws[1]});
-    if (n.needs(0)) gin[0] = reshape(input_grad(n, n.saved[0], g2, n.saved[1].get("linear")), n.in_shape[0]);
+    // dW and db first: dx may then overwrite g, which the tape hands over as this rule's
+    // alone (Note [Buffer reuse] in reuse.h); dx = g W^T row by row fits when in <= out.
     if (n.needs(1)) gin[1] = weight_grad(n, n.saved[0], g2, ws);
     if (n.needs(2)) gin[2] = sum(g2, {0}, false);
+    if (!n.needs(0)) return;
+    const Tensor &W = n.saved[1].get("linear");
+    const bool everywhere = n.saved[0].ctx && std::static_pointer_cast<SiteState>(n.saved[0].ctx)->cfg.everywhere;
+    if (!grad_enabled() && !everywhere && ws[0] <= ws[1] && R > 0 && g2 == g && reusable(g2, 1)) {
+        Tensor w = gemmable(W);
+        bool tw;
+        int64_t ldw;
+        gemm_layout(ws[0], ws[1], w->strides[0], w->strides[1], tw, ldw);
+        gemm_rows_in_place(g2->dtype, g2->raw(), R, ws[1], ws[0], w->raw(), !tw, ldw, nullptr);
+        g2->storage->version++;
+        gin[0] = reshape(view(g2, {R, ws[0]}, contiguous_strides({R, ws[0]}), 0), n.in_shape[0]);
+        return;
+    }
+    gin[0] = reshape(input_grad(n, n.saved[0], g2, W), n.in_shape[0]);
 }
 
 }  // namespace spad
