@@ -263,6 +263,11 @@ class Budget(S.Policy):
         if not sites:
             raise ValueError("Budget.plan: the model has no nn.Linear or nn.Conv2d layer to sample")
         names = [n for n, _ in sites]
+        if not (optimizer is not None and getattr(optimizer, "in_backward", False)):
+            for i, p in enumerate(model.parameters()):
+                if _core.has_grad_complete_hook(p):
+                    raise ValueError(f"Budget.plan: parameter {i} of shape {p.shape} is updated inside backward() by "
+                                     "an optimizer that was not passed as optimizer=; the probe steps would update it")
         nb, batch_input = _input_bytes(model, sites, x)
         b = np.array(nb, dtype=np.float64)
         if np.any(b <= 0):

@@ -136,3 +136,15 @@ def test_budget_argument_checks():
         spad.Budget(1 << 20, base=S.Exact())
     with pytest.raises(ValueError, match="min_keep"):
         spad.Budget(1 << 20, min_keep=0)
+
+
+def test_plan_refuses_hooks_of_an_optimizer_it_was_not_given():
+    X, y = _data()
+    model = nn.mlp(SIZES, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1, in_backward=True)
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="optimizer="):
+        spad.Budget(10 ** 12).plan(model, F.cross_entropy, spad.tensor(X[:BATCH]), y[:BATCH])
+    spad.Budget(10 ** 12).plan(model, F.cross_entropy, spad.tensor(X[:BATCH]), y[:BATCH], optimizer=opt)
+    for a, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(p.numpy(), a)
