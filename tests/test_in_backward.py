@@ -216,18 +216,24 @@ def test_state_dict_round_trip_keeps_update_counts():
     assert opt2._counts == [2] * len(opt.params) and opt2.in_backward
 
 
-def test_fit_with_an_in_backward_optimizer_matches_fit_with_step():
-    X, y = _data(1, n=96)
+def _fit_both_ways(seed, n, sizes, epochs, **fit_kw):
+    """fit() with backward(); step() and with the optimizer in backward: (losses, parameters) of each."""
+    X, y = _data(seed, n=n)
     res = []
     for ib in (False, True):
-        model = nn.mlp([12, 16, 5], seed=1)
+        model = nn.mlp(sizes, seed=seed)
         opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, in_backward=ib)
-        hist = spad.train.fit(model, F.cross_entropy, spad.data.DataLoader(X, y, 16, seed=0), opt,
-                              epochs=2, progress=False)
+        hist = spad.train.fit(model, F.cross_entropy, spad.data.DataLoader(X, y, 16, seed=0), opt, epochs,
+                              progress=False, **fit_kw)
+        assert opt.in_backward == ib
         res.append((hist.loss, [p.numpy().copy() for p in model.parameters()]))
     np.testing.assert_allclose(res[1][0], res[0][0], rtol=1e-5)
     for a, b in zip(res[0][1], res[1][1]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_with_an_in_backward_optimizer_matches_fit_with_step():
+    _fit_both_ways(1, 96, [12, 16, 5], 2)
 
 
 def test_fit_progress_bar_advances_per_batch(capsys):
@@ -281,14 +287,4 @@ def test_checkpoint_sequential_checks_arguments():
 def test_fit_with_a_gradient_penalty_and_an_in_backward_optimizer():
     from spad.analysis.implicit import ExplicitRegularizer
 
-    X, y = _data(3, n=64)
-    res = []
-    for ib in (False, True):
-        model = nn.mlp([12, 8, 5], seed=2)
-        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, in_backward=ib)
-        spad.train.fit(model, F.cross_entropy, spad.data.DataLoader(X, y, 16, seed=0), opt, 1, progress=False,
-                       regularizer=ExplicitRegularizer(0.1, method="exact"))
-        res.append([p.numpy().copy() for p in model.parameters()])
-        assert opt.in_backward == ib
-    for a, b in zip(*res):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    _fit_both_ways(3, 64, [12, 8, 5], 1, regularizer=ExplicitRegularizer(0.1, method="exact"))
