@@ -1,13 +1,17 @@
-"""RAD's experimental question on Fashion-MNIST: at equal tape memory, does sampled backprop with
-a large batch beat exact backprop with the small batch that fits the same memory? And does SPAD
-beat uniform RAD?
+"""RAD's experimental question on Fashion-MNIST, with what a step really allocates as the criterion:
+at the same step peak allocation (memory_stats()['peak_allocated_bytes'], every byte spad allocates
+in one training step: parameters, gradients, optimizer state, activations, tape, backward
+temporaries), does sampled backprop with batch 150 beat exact backprop with the largest batch whose
+step fits the same peak? And the two baselines a practitioner reaches for first: exact backprop at
+batch 150 by gradient accumulation over micro-batches of the equal-memory size, and exact backprop
+at batch 150 with recomputation (spad.checkpoint_sequential, one segment per layer).
 
-Runs (MLP 784-300-300-10, SGD lr 0.01 momentum 0.9, the same number of steps and the same
-initial weights per seed, 3 seeds):
-  exact, batch 150 | exact, batch B_eq (the largest batch whose exact tape fits RAD keep-0.1's
-  measured tape at batch 150) | RAD keep 0.1, batch 150 | SPAD keep 0.1 batch 150, unbiased and
-  biased. Training loss (on a fixed 10,000-example training subset) and test accuracy every
-  ``eval_every`` steps; gradient MSE and sampling variance per layer at a few checkpoints (seed 0).
+Runs (MLP 784-300-300-10, SGD lr 0.01 momentum 0.9, the same number of optimizer steps and the same
+initial weights per seed): exact batch 150 | exact batch B_eq (the largest batch whose measured step
+peak fits SPAD keep 0.1's at batch 150) | exact 150 by accumulation | exact 150 with recomputation |
+RAD keep 0.1 batch 150 | SPAD keep 0.1 batch 150 | SPAD keep 0.1 batch 150 with the optimizer inside
+backward (gradients freed as they are applied), and exact batch 150 with the optimizer in backward. Training loss (fixed 10,000-example training subset)
+and test accuracy every ``eval_every`` steps; the step peak is the maximum over all steps of a run.
 
     python benchmarks/equal_memory.py [--steps 4000] [--seeds 3]     # needs dataset-fashion-mnist
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import benchlib  # noqa: F401  (first: pins BLAS threads)
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -30,43 +35,88 @@ from spad.data import DataLoader  # noqa: E402
 SIZES = [784, 300, 300, 10]
 KEEP, BIG = 0.1, 150
 LR, MOMENTUM = 0.01, 0.9
-REFRESH = 50
+SEGMENTS = 3  # recomputation: one segment per Linear(+ReLU)
+STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def check_dataset(data_dir=None):
+    """Raise FileNotFoundError (with the install hint) unless the four IDX files are present."""
+    directory = data_dir or spad.datasets.FASHION_MNIST_DIR
+    missing = [s for s in STEMS if spad.datasets._find(directory, s) is None]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not found in {directory} "
+                                "(apt-get install dataset-fashion-mnist)")
 
 
 def make_policy(kind, seed):
-    if kind == "exact":
-        return None
-    if kind == "rad":
+    if kind in ("rad",):
         return S.RAD(KEEP, seed=seed)
-    if kind == "spad":
-        return S.SPAD(KEEP, refresh=REFRESH, seed=seed)
-    if kind == "spad-biased":
-        return S.SPAD(KEEP, refresh=REFRESH, unbiased=False, seed=seed)
-    raise KeyError(kind)
+    if kind in ("spad", "spad-ib"):
+        return S.SPAD(KEEP, seed=seed)
+    return None  # exact (also "exact-ib")
 
 
-def tape_bytes(kind, batch, X, y):
-    model = nn.mlp(SIZES, seed=0)
-    pol = make_policy(kind, 0)
-    with S.use(pol):
-        loss = F.cross_entropy(model(spad.tensor(X[:batch])), y[:batch])
-    b = spad.memory_stats()["tape_bytes"]
-    loss.backward()
-    return b
+class Run:
+    """One training configuration: how a step is computed from a batch of ``batch`` examples."""
+
+    def __init__(self, kind, batch, micro=None):
+        self.kind, self.batch, self.micro = kind, batch, micro
+
+    def setup(self, seed):
+        self.model = nn.mlp(SIZES, seed=seed)
+        self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM, in_backward=self.kind.endswith("-ib"))
+        self.pol = make_policy(self.kind, seed)
+
+    def step(self, xb, yb):
+        """One optimizer step on (xb, yb); returns the loss and the step's peak allocation."""
+        self.opt.zero_grad()
+        spad.reset_peak_memory_stats()
+        if self.kind == "accumulate":
+            n, total = len(yb), 0.0
+            xa = xb.numpy()
+            for i in range(0, n, self.micro):
+                xm, ym = spad.tensor(xa[i:i + self.micro]), yb[i:i + self.micro]
+                loss = F.cross_entropy(self.model(xm), ym) * (len(ym) / n)  # the mean over the whole batch
+                total += loss.item()
+                loss.backward()
+                del loss
+            value = total
+        elif self.kind == "recompute":
+            value = spad.checkpoint_sequential(self.model, SEGMENTS, xb, F.cross_entropy, yb)
+        else:
+            with S.use(self.pol):
+                loss = F.cross_entropy(self.model(xb), yb)
+            value = loss.item()
+            loss.backward()
+            del loss
+        self.opt.step()
+        return value, spad.memory_stats()["peak_allocated_bytes"]
 
 
-def equal_memory_batch(X, y):
-    """The largest batch whose exact tape fits the measured RAD keep-0.1 tape at batch 150
-    (exact tape bytes are affine in the batch: measured at two sizes)."""
-    budget = tape_bytes("rad", BIG, X, y)
-    t1, t2 = tape_bytes("exact", 10, X, y), tape_bytes("exact", 20, X, y)
-    slope = (t2 - t1) / 10
-    b = int((budget - (t1 - 10 * slope)) // slope)
-    while tape_bytes("exact", b + 1, X, y) <= budget:
+def step_peak(kind, batch, X, y, micro=None, steps=3):
+    """The largest step peak over a few steps (the optimizer state exists from the first step on)."""
+    r = Run(kind, batch, micro)
+    r.setup(0)
+    peak = 0
+    for i in range(steps):
+        idx = slice(i * batch, (i + 1) * batch)
+        peak = max(peak, r.step(spad.tensor(np.ascontiguousarray(X[idx])), y[idx])[1])
+    del r
+    return peak
+
+
+def equal_memory_batch(X, y, limit=1200):
+    """The largest exact batch whose measured step peak fits SPAD keep 0.1's at batch 150 (the
+    peak is affine in the batch up to allocation details: solve from two sizes, then walk)."""
+    budget = step_peak("spad", BIG, X, y)
+    p1, p2 = step_peak("exact", 10, X, y), step_peak("exact", 60, X, y)
+    slope = max((p2 - p1) / 50, 1.0)
+    b = max(1, min(limit, int((budget - (p1 - 10 * slope)) // slope)))
+    while b < limit and step_peak("exact", b + 1, X, y) <= budget:
         b += 1
-    while tape_bytes("exact", b, X, y) > budget:
+    while b > 1 and step_peak("exact", b, X, y) > budget:
         b -= 1
-    return b, budget, tape_bytes("exact", b, X, y), tape_bytes("exact", BIG, X, y)
+    return b, budget
 
 
 def evaluate(model, X, y):
@@ -76,65 +126,16 @@ def evaluate(model, X, y):
     return loss, float((out.numpy().argmax(1) == y).mean())
 
 
-def grads(model, x, y, pol):
-    for p in model.parameters():
-        p.grad = None
-    with S.use(pol):
-        loss = F.cross_entropy(model(spad.tensor(x)), y)
-    loss.backward()
-    return [m.weight.grad.numpy().astype(np.float64) for m in model.children() if isinstance(m, nn.Linear)]
-
-
-def gradient_noise(model, pol, batch, Xs, ys, rng, draws):
-    """Per layer: E||g_hat - g_ref||^2 / ||g_ref||^2 where g_ref is the exact gradient on the
-    whole 10k subset and g_hat a minibatch gradient (this run's batch size and policy) on a
-    random batch of the subset: data noise + sampling noise + any bias. Also the sampling-only
-    variance on one fixed batch (S.estimate_variance). The policy's clock advances (seed-0 runs only)."""
-    ref = grads(model, Xs, ys, None)
-    mse = np.zeros(len(ref))
-    for _ in range(draws):
-        idx = rng.choice(len(Xs), batch, replace=False)
-        g = grads(model, np.ascontiguousarray(Xs[idx]), ys[idx], pol)
-        mse += [((a - b) ** 2).sum() for a, b in zip(g, ref)]
-    mse /= draws
-    rel = mse / np.array([(r ** 2).sum() for r in ref])
-    samp = None
-    if pol is not None:
-        idx = rng.choice(len(Xs), batch, replace=False)
-        x, yb = spad.tensor(np.ascontiguousarray(Xs[idx])), ys[idx]
-        weights = [m.weight for m in model.children() if isinstance(m, nn.Linear)]
-        st = S.estimate_variance(lambda: F.cross_entropy(model(x), yb), weights, pol, draws=draws)
-        samp = np.array([s["mse"] / s["exact_norm2"] for s in st])
-    for p in model.parameters():
-        p.grad = None
-    return rel, samp
-
-
-def same_point_noise(model, b_eq, Xs, ys, rng, draws):
-    """At one parameter point: the total gradient noise of each equal-memory estimator (exact at
-    b_eq, RAD and SPAD at 150), SPAD warmed up for one refresh period on random batches first."""
-    spd = make_policy("spad", 7)
-    for _ in range(REFRESH):
-        idx = rng.choice(len(Xs), BIG, replace=False)
-        grads(model, np.ascontiguousarray(Xs[idx]), ys[idx], spd)
-    return {"exact-small": gradient_noise(model, None, b_eq, Xs, ys, rng, draws)[0],
-            "rad": gradient_noise(model, make_policy("rad", 7), BIG, Xs, ys, rng, draws)[0],
-            "spad": gradient_noise(model, spd, BIG, Xs, ys, rng, draws)[0]}
-
-
-def train(kind, batch, seed, steps, eval_every, data, checkpoints=(), noise_draws=50, b_eq=None):
+def train(run, seed, steps, eval_every, data):
     Xtr, ytr, Xte, yte, Xs, ys = data
-    model = nn.mlp(SIZES, seed=seed)
-    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    pol = make_policy(kind, seed)
-    loader = DataLoader(Xtr, ytr, batch, order="reshuffle", seed=seed, drop_last=True)
-    rng = np.random.default_rng(seed + 1000)
-    rec = {"step": [], "train_loss": [], "test_acc": [], "noise": {}, "peak_tape": 0}
-    step, t_cpu = 0, 0.0
+    run.setup(seed)
+    loader = DataLoader(Xtr, ytr, run.batch, order="reshuffle", seed=seed, drop_last=True)
+    rec = {"step": [], "train_loss": [], "test_acc": [], "peak": 0}
+    step, wall = 0, 0.0
 
     def log():
-        tl, _ = evaluate(model, Xs, ys)
-        _, ta = evaluate(model, Xte, yte)
+        tl, _ = evaluate(run.model, Xs, ys)
+        _, ta = evaluate(run.model, Xte, yte)
         rec["step"].append(step)
         rec["train_loss"].append(tl)
         rec["test_acc"].append(ta)
@@ -142,133 +143,88 @@ def train(kind, batch, seed, steps, eval_every, data, checkpoints=(), noise_draw
     log()
     while step < steps:
         for xb, yb in loader:
-            t0 = time.process_time()
-            spad.reset_peak_memory_stats()
-            with S.use(pol):
-                loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            t_cpu += time.process_time() - t0
-            rec["peak_tape"] = max(rec["peak_tape"], spad.memory_stats()["peak_tape_bytes"])
+            t0 = time.perf_counter()
+            _, pk = run.step(xb, yb)
+            wall += time.perf_counter() - t0
+            rec["peak"] = max(rec["peak"], pk)
             step += 1
             if step % eval_every == 0 or step == steps:
                 log()
-            if step in checkpoints:
-                rec["noise"][step] = gradient_noise(model, pol, batch, Xs, ys, rng, noise_draws)
-                if b_eq is not None:
-                    rec.setdefault("same_point", {})[step] = same_point_noise(model, b_eq, Xs, ys, rng, noise_draws)
             if step >= steps:
                 break
-    rec["cpu_per_step"] = t_cpu / steps
+    rec["ms_per_step"] = 1e3 * wall / steps
+    run.model = run.opt = run.pol = None  # the next run's peaks must not include this model
     return rec
 
 
-def run(steps=4000, seeds=3, eval_every=250, quick=False):
-    try:
-        Xtr, ytr, Xte, yte = spad.datasets.fashion_mnist()
-    except FileNotFoundError as e:
-        return f"### Equal-memory study\n\nSkipped: {e}\n", None
+def run(steps=4000, seeds=3, eval_every=250, quick=False, data_dir=None):
+    """The study's RESULTS.md section and raw results; a missing dataset raises FileNotFoundError."""
+    Xtr, ytr, Xte, yte = spad.datasets.fashion_mnist(data_dir)
     sub = np.random.default_rng(12345).choice(len(Xtr), 10000, replace=False)
     data = (Xtr, ytr, Xte, yte, np.ascontiguousarray(Xtr[sub]), ytr[sub])
-    b_eq, budget, t_eq, t_big = equal_memory_batch(Xtr, ytr)
-    configs = [("exact", BIG, "exact, batch 150"), ("exact", b_eq, f"exact, batch {b_eq} (equal memory)"),
-               ("rad", BIG, "RAD keep 0.1, batch 150"), ("spad", BIG, "SPAD unbiased keep 0.1, batch 150"),
-               ("spad-biased", BIG, "SPAD biased keep 0.1, batch 150")]
-    checkpoints = (steps // 8, steps // 2, steps)
-    t0 = time.process_time()
-    results = {}
-    for label_kind, batch, label in configs:
-        results[label] = [train(label_kind, batch, s, steps, eval_every, data,
-                                checkpoints=checkpoints if s == 0 else (),
-                                b_eq=b_eq if (label_kind, batch, s) == ("exact", BIG, 0) else None)
-                         for s in range(seeds)]
-    cpu = time.process_time() - t0
-    return report(results, configs, b_eq, budget, t_eq, t_big, steps, seeds, checkpoints, cpu), results
+    b_eq, budget = equal_memory_batch(Xtr, ytr)
+    micro = min(b_eq, BIG)
+    m = math.ceil(BIG / micro)
+    configs = [(Run("exact", BIG), "exact, batch 150"),
+               (Run("exact", b_eq), f"exact, batch {b_eq} (equal memory)"),
+               (Run("accumulate", BIG, micro), f"exact, batch 150 = {m} accumulated micro-batches of <= {micro}"),
+               (Run("recompute", BIG), f"exact, batch 150, recomputation ({SEGMENTS} segments)"),
+               (Run("exact-ib", BIG), "exact, batch 150, optimizer in backward"),
+               (Run("rad", BIG), "RAD keep 0.1, batch 150"),
+               (Run("spad", BIG), "SPAD keep 0.1, batch 150"),
+               (Run("spad-ib", BIG), "SPAD keep 0.1, batch 150, optimizer in backward")]
+    t0 = time.perf_counter()
+    results = {label: [train(r, s, steps, eval_every, data) for s in range(seeds)] for r, label in configs}
+    wall = time.perf_counter() - t0
+    return report(results, configs, b_eq, budget, steps, seeds, wall), results
 
 
-def report(results, configs, b_eq, budget, t_eq, t_big, steps, seeds, checkpoints, cpu):
-    out = ["### Equal-memory study on Fashion-MNIST", "",
+def _ms(v):
+    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
+
+
+def report(results, configs, b_eq, budget, steps, seeds, wall):
+    out = ["### Equal-memory study on Fashion-MNIST (criterion: measured step peak allocation)", "",
            f"MLP 784-300-300-10, SGD lr {LR} momentum {MOMENTUM} (one setting for all runs, not tuned per run), "
-           f"{steps} steps for every run, seeds 0..{seeds - 1} (seed = initial weights, data order and sampler). "
-           f"Measured tapes: RAD keep 0.1 at batch 150 holds {budget} B; exact backprop fits that at batch "
-           f"**{b_eq}** ({t_eq} B); exact at batch 150 holds {t_big} B. SPAD refresh {REFRESH}, mix 0.1; "
-           "SPAD unbiased follows per-example paths drawn ∝ |x| (no scores needed), SPAD biased (top-k, no reweighting) scores on an "
-           "exact pass every refresh, so its peak tape is the exact one. Training loss: mean cross-entropy on a "
-           "fixed 10,000-example training subset; test accuracy on the 10,000 test images. "
-           f"Total CPU for the study: {cpu / 60:.1f} min.", ""]
+           f"{steps} optimizer steps for every run, seeds 0..{seeds - 1} (seed = initial weights, data order and "
+           "sampler). The criterion is what a step really allocates: `memory_stats()['peak_allocated_bytes']` "
+           "after `reset_peak_memory_stats()` at the start of each step (parameters 1.07 MB, their gradients "
+           "and momentum buffers count; the borrowed numpy batch does not). "
+           f"SPAD keep 0.1 at batch 150 peaks at **{budget} B**; the largest exact batch whose step fits that is "
+           f"**{b_eq}**. Training loss: mean cross-entropy on a fixed 10,000-example training subset; test "
+           f"accuracy on the 10,000 test images. Wall time of the study: {wall / 60:.1f} min "
+           "(shared machine: compare ms/step within the table only).", ""]
     rows = []
-    finals = {}
-    for _, batch, label in configs:
+    for _, label in configs:
         rs = results[label]
         acc = np.array([r["test_acc"][-1] for r in rs])
         tl = np.array([r["train_loss"][-1] for r in rs])
-        finals[label] = acc
-        rows.append([label, f"{rs[0]['peak_tape']}", f"{acc.mean():.4f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f}",
-                     f"{tl.mean():.4f} ± {tl.std(ddof=1) if len(tl) > 1 else 0:.4f}",
-                     f"{np.mean([r['cpu_per_step'] for r in rs]) * 1e3:.2f}"])
-    out += [benchlib.table(["run", "peak tape B", f"test accuracy at step {steps}", "training loss",
-                            "CPU ms/step"], rows), "", "(mean ± sample std over seeds)", ""]
-    labels = [c[2] for c in configs]
-    sp, rad, small = finals[labels[3]], finals[labels[2]], finals[labels[1]]
-
-    def verdict(a, b, name_b):
-        d = a.mean() - b.mean()
-        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) > 1 else float("nan")
-        word = "higher" if d > 0 else "lower"
-        return (f"SPAD unbiased reaches {word} mean test accuracy than {name_b}: {a.mean():.4f} vs {b.mean():.4f} "
-                f"(difference {d:+.4f}, {abs(d) / se if se > 0 else float('inf'):.1f} standard errors).")
-
-    out += ["**Bar.** " + verdict(sp, small, f"exact at the equal-memory batch {b_eq}") + " "
-            + verdict(sp, rad, "uniform RAD") + f" Biased SPAD: {finals[labels[4]].mean():.4f}; "
-            f"exact batch 150 (about {t_big / budget:.0f}x the memory): {finals[labels[0]].mean():.4f}.", ""]
-    rows = []
-    for _, batch, label in configs:
-        noise = results[label][0]["noise"]
-        for ck in checkpoints:
-            if ck not in noise:
-                continue
-            rel, samp = noise[ck]
-            rows.append([label, str(ck)] + [f"{v:.3g}" for v in rel]
-                        + ([f"{v:.3g}" for v in samp] if samp is not None else ["-"] * len(rel)))
-    out += ["**Gradient noise per layer (seed 0)** at checkpoints: *total* = E‖ĝ − g‖²/‖g‖² with g the exact "
-            "gradient on the 10k training subset and ĝ this run's minibatch gradient (batch size and policy) — "
-            "what SGD actually sees; *sampling* = `S.estimate_variance` mse/‖g_B‖² on one fixed batch of the "
-            "run's size (path sampling alone; for biased SPAD this is mostly bias). 50 draws each.", "",
-            benchlib.table(["run", "step", "total W1", "total W2", "total W3", "sampling W1", "sampling W2",
-                            "sampling W3"], rows), ""]
-    sp_noise = results[labels[0]][0].get("same_point", {})
-    rows = []
-    for ck, d in sp_noise.items():
-        for key, name in (("exact-small", f"exact, batch {b_eq}"), ("rad", "RAD keep 0.1, batch 150"),
-                          ("spad", "SPAD unbiased keep 0.1, batch 150")):
-            rows.append([str(ck), name] + [f"{v:.3g}" for v in d[key]])
-    if rows:
-        out += ["**The same comparison at the same parameters** (the exact batch-150 run's weights at each "
-                "checkpoint, seed 0): total gradient noise E‖ĝ − g‖²/‖g‖² of the three equal-memory estimators, "
-                f"50 draws each; SPAD first runs one refresh period ({REFRESH} sampled steps on random batches) "
-                "to build its scores. Lower is a better gradient for the same tape.", "",
-                benchlib.table(["step", "estimator", "total W1", "total W2", "total W3"], rows), ""]
+        peak = max(r["peak"] for r in rs)
+        rows.append([label, f"{peak}", "yes" if peak <= budget else f"no (+{peak - budget} B)", _ms(acc), _ms(tl),
+                     f"{np.median([r['ms_per_step'] for r in rs]):.2f}"])
+    out += [benchlib.table(["run", "step peak B", f"fits SPAD's {budget} B", f"test accuracy at step {steps}",
+                            "training loss", "wall ms/step (median over seeds)"], rows),
+            "", "(mean ± sample std over seeds)", ""]
     plt = benchlib.pyplot()
     if plt is not None:
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-        for _, batch, label in configs:
+        for _, label in configs:
             rs = results[label]
             st = np.array(rs[0]["step"])
             for i, key in enumerate(("train_loss", "test_acc")):
                 v = np.array([r[key] for r in rs])
-                m, s = v.mean(0), v.std(0)
-                ax[i].plot(st, m, label=label)
-                ax[i].fill_between(st, m - s, m + s, alpha=0.2)
+                mu, sd = v.mean(0), v.std(0)
+                ax[i].plot(st, mu, label=label)
+                ax[i].fill_between(st, mu - sd, mu + sd, alpha=0.2)
         ax[0].set_ylabel("training loss (10k subset)")
         ax[0].set_yscale("log")
         ax[1].set_ylabel("test accuracy")
         ax[1].set_ylim(0.6, None)
         for a in ax:
-            a.set_xlabel("SGD step")
+            a.set_xlabel("optimizer step")
             a.grid(alpha=0.3)
-        ax[1].legend(fontsize=8)
-        fig.suptitle(f"Fashion-MNIST, equal tape memory (mean ± std over {seeds} seeds)")
+        ax[1].legend(fontsize=7)
+        fig.suptitle(f"Fashion-MNIST at equal step peak allocation (mean ± std over {seeds} seeds)")
         out += [f"![equal-memory study]({benchlib.savefig(fig, 'equal_memory.png')})", ""]
         plt.close(fig)
     return "\n".join(out)
@@ -279,5 +235,6 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--data", default=None, help="directory of the Fashion-MNIST IDX files")
     a = ap.parse_args()
-    print(run(a.steps, a.seeds, a.eval_every)[0])
+    print(run(a.steps, a.seeds, a.eval_every, data_dir=a.data)[0])

@@ -88,7 +88,7 @@ def build(name: str, quick: bool, args) -> str:
     if name == "equal_memory":
         import equal_memory
 
-        return equal_memory.run(args.steps, args.seeds, args.eval_every)[0]
+        return equal_memory.run(args.steps, args.seeds, args.eval_every, data_dir=args.data)[0]
     raise KeyError(name)
 
 
@@ -115,11 +115,24 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=4000, help="equal-memory study: SGD steps per run")
     ap.add_argument("--seeds", type=int, default=3, help="equal-memory study: seeds")
     ap.add_argument("--eval-every", type=int, default=250, help="equal-memory study: evaluation interval")
+    ap.add_argument("--data", default=None, help="equal-memory study: directory of the Fashion-MNIST IDX files "
+                    "(default: where `apt-get install dataset-fashion-mnist` puts them)")
     args = ap.parse_args(argv)
     if args.only:
         names = ["machine", args.only] if args.only != "machine" else ["machine"]
     else:
         names = SECTIONS[:4] + (["equal_memory"] if args.equal_memory else [])
+    if "equal_memory" in names:
+        import equal_memory
+
+        try:  # before any section runs: a missing dataset must not cost the other sections' minutes
+            equal_memory.check_dataset(args.data)
+        except FileNotFoundError as e:
+            # Fail loudly and keep the study's previous section: a "Skipped" note would replace results.
+            print(f"run.py: the equal-memory study needs Fashion-MNIST: {e}\n"
+                  "  install it with: apt-get install dataset-fashion-mnist   (or pass --data DIR)\n"
+                  f"  {os.path.relpath(RESULTS)} was not changed.", file=sys.stderr)
+            return 2
     sections = {}
     for name in names:
         t0 = time.perf_counter()
@@ -127,7 +140,8 @@ def main(argv=None):
         print(f"{name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         write(sections)  # after every section, so an interrupted run keeps what it has
     print(f"wrote {os.path.relpath(RESULTS)}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

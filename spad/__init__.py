@@ -32,6 +32,8 @@ from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
 from .gradcheck import gradcheck, GradcheckError  # gradients vs finite differences
+from .budget import Budget, MemoryBudgetError  # training under a memory budget
+from .checkpoint import checkpoint_sequential  # recomputation baseline (exact gradients, less memory)
 from .memory import memory_summary  # allocated bytes by category
 
 __version__ = "0.1.0"
@@ -69,4 +71,7 @@ __all__ = [
     "load_model",
     "gradcheck",
     "GradcheckError",
+    "Budget",
+    "MemoryBudgetError",
+    "checkpoint_sequential",
 ]

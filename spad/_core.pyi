@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'has_grad_complete_hook', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_complete_hook', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
 class TapeBudgetError(MemoryError):
     pass
 class Tensor:
@@ -55,7 +55,7 @@ class Tensor:
         ...
     def __truediv__(self, arg0: typing.Any) -> Tensor:
         ...
-    def backward(self, grad: typing.Any = None, retain_graph: bool = False, create_graph: bool = False) -> None:
+    def backward(self, grad: typing.Any = None, retain_graph: typing.Any = False, create_graph: typing.Any = False) -> None:
         """
         Accumulate d(self)/d(leaf) into every leaf's .grad. grad defaults to 1 for a scalar; the tape's
         saved payloads are freed unless retain_graph; create_graph records the backward pass too.
@@ -271,6 +271,12 @@ class Estimator:
 class Policy:
     def __init__(self, kind: PolicyKind, estimator: Estimator, keep: typing.SupportsFloat | typing.SupportsIndex, deterministic: typing.SupportsFloat | typing.SupportsIndex, refresh: typing.SupportsInt | typing.SupportsIndex, unbiased: bool, mix: typing.SupportsFloat | typing.SupportsIndex, ema: typing.SupportsFloat | typing.SupportsIndex, everywhere: bool, seed: typing.SupportsInt | typing.SupportsIndex, sampled_scores: bool = True, block: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
         ...
+    def clear_site_keeps(self) -> None:
+        ...
+    def set_site_keep(self, weight: Tensor, keep: typing.Any) -> None:
+        """
+        Keep for the site of this weight tensor (None: back to the policy's keep).
+        """
     def site_scores(self) -> list:
         ...
     def state_bytes(self) -> int:
@@ -356,6 +362,8 @@ def gemm_backend() -> str:
     ...
 def get_num_threads() -> int:
     ...
+def has_grad_complete_hook(tensor: Tensor) -> bool:
+    ...
 def is_grad_enabled() -> bool:
     ...
 def linear(x: Tensor, W: Tensor, b: typing.Any = None) -> Tensor:
@@ -413,6 +421,11 @@ def rmsprop_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.S
     ...
 def set_active_policy(policy: Policy) -> None:
     ...
+def set_grad_complete_hook(tensor: Tensor, hook: collections.abc.Callable[[Tensor], None]) -> None:
+    """
+    Call hook(tensor) inside backward() once the pass has delivered the last contribution to the
+    leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.
+    """
 def set_grad_enabled(arg0: bool) -> None:
     ...
 def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None:

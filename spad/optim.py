@@ -9,11 +9,17 @@ reads and writes in place, zero-copy.
     >>> opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
     >>> loss.backward(); opt.step(); opt.zero_grad()
 
+Every optimizer also takes ``in_backward=True`` (the LOMO / on-device pattern): each
+parameter is updated *inside* ``backward()`` as soon as its gradient is complete, and the
+gradient is freed at once, so a step never holds all gradients at the same time. The same
+loop runs unchanged; see Optimizer for what step() and zero_grad() then do.
+
 References: Goodfellow, Bengio & Courville, *Deep Learning*, ch. 8 (Alg. 8.1-8.7, §8.3.1).
 """
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
@@ -24,11 +30,31 @@ from .memory import owned
 
 
 class Optimizer:
-    """Base class: a list of parameters plus named numpy state buffers per parameter."""
+    """Base class: a list of parameters plus named numpy state buffers per parameter.
+
+    ``in_backward=True`` moves the update into ``backward()``: a gradient-complete hook on each
+    parameter (``_core.set_grad_complete_hook``) runs this optimizer's fused update on that
+    parameter as soon as the reverse sweep has delivered its last gradient contribution, then
+    drops ``p.grad``. The parameters come out the same as with ``backward(); step()`` (the same
+    kernels, so up to float rounding). For such an optimizer:
+
+    - ``step()`` updates nothing (the updates already ran); it only advances ``steps``, the count
+      schedules and ``state_dict()`` see, so ``backward(); step(); zero_grad()`` loops, fit() and
+      LRScheduler work unchanged. The bias correction of Adam/AdamW in backward uses each
+      parameter's own update count, so it is right even if step() is never called.
+    - ``zero_grad()`` has nothing to drop (gradients are freed when applied); it still clears any
+      gradient set by hand.
+    - a backward() whose loss does not reach a parameter leaves that parameter alone; every
+      backward() that does reach it is one update (no accumulation over micro-batches).
+    - ``clip_grad_norm`` raises: the global norm is known only after every gradient is freed.
+    - ``lr`` and the other hyperparameters are read at each update, so a schedule applies from
+      the next backward(). ``remove_hooks()`` turns the optimizer back into an ordinary one;
+      hooks hold the optimizer weakly and stop when it is garbage-collected.
+    """
 
     _buffers: tuple = ()  # names of the per-parameter state arrays this optimizer keeps
 
-    def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0):
+    def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0, in_backward: bool = False):
         self.params: List[Tensor] = list(params)
         name = type(self).__name__
         if not self.params:
@@ -62,25 +88,69 @@ class Optimizer:
             for p, st in zip(self.params, self.state):
                 st[buf], view = owned(np.zeros(p.shape, dtype=p.dtype), "optimizer_state")  # counted, spad's own
                 self._views[buf].append(view)
+        self.in_backward = False
+        self._counts = [0] * len(self.params)  # per-parameter updates done inside backward()
+        if in_backward:
+            self._attach(name)
+
+    def _attach(self, name: str) -> None:
+        for i, p in enumerate(self.params):
+            if _core.has_grad_complete_hook(p):
+                raise ValueError(f"{name}: parameter {i} of shape {p.shape} is already updated inside backward() "
+                                 "(another optimizer with in_backward=True, or a gradient-complete hook)")
+        ref = weakref.ref(self)
+        for i, p in enumerate(self.params):
+            _core.set_grad_complete_hook(p, _InBackwardHook(ref, i))
+        self.in_backward = True
+
+    def remove_hooks(self) -> None:
+        """Stop updating inside backward(): from now on step() updates, as usual."""
+        if self.in_backward:
+            for p in self.params:
+                _core.set_grad_complete_hook(p, None)
+            self.in_backward = False
+
+    def __del__(self):
+        try:
+            self.remove_hooks()
+        except Exception:  # interpreter shutdown: _core may already be gone
+            pass
 
     def zero_grad(self) -> None:
-        """Drop every parameter's gradient (the next backward allocates a fresh one)."""
+        """Drop every parameter's gradient (the next backward allocates a fresh one). With
+        in_backward=True there is normally nothing to drop: gradients are freed when applied."""
         _core.clear_grads(self.params)
 
     def step(self) -> None:
+        """Apply the gradients and advance ``steps``. With in_backward=True the updates already
+        ran inside backward(): this only advances ``steps``."""
         # A schedule (or a user) may have set lr since construction; a NaN would reach every weight.
         _check_real(type(self).__name__, "lr", self.lr)
         self.steps += 1
-        self._update()
+        if not self.in_backward:
+            self._update()
 
-    def _update(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _update(self) -> None:
+        """One fused update of every parameter that has a gradient, at step count ``steps``."""
+        self._apply(self.params, self._views, self.steps)
+
+    def _update_one(self, i: int) -> None:
+        """The in-backward update of parameter i (called by its gradient-complete hook)."""
+        p = self.params[i]
+        self._counts[i] += 1
+        self._apply([p], {k: [v[i]] for k, v in self._views.items()}, self._counts[i])
+        _core.clear_grads([p])
+
+    def _apply(self, params: List[Tensor], views: Dict[str, List[Tensor]], step: int) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def state_dict(self) -> dict:
         """Hyperparameters, step count and copies of the state arrays."""
         plain = (int, float, bool, tuple)
-        hyper = {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, plain)}
-        return {"hyper": hyper, "state": [{k: a.copy() for k, a in st.items()} for st in self.state]}
+        hyper = {k: v for k, v in vars(self).items()
+                 if not k.startswith("_") and k != "in_backward" and isinstance(v, plain)}
+        return {"hyper": hyper, "state": [{k: a.copy() for k, a in st.items()} for st in self.state],
+                "update_counts": list(self._counts)}
 
     def load_state_dict(self, d: dict) -> None:
         if len(d["state"]) != len(self.params):
@@ -91,7 +161,24 @@ class Optimizer:
                     raise ValueError(f"load_state_dict: state '{k}' has shape {new[k].shape}, expected {a.shape}")
                 a[...] = new[k]  # in place: the C++ side holds views of these arrays
         for k, v in d["hyper"].items():
-            setattr(self, k, v)
+            if k != "in_backward":  # a property of this object (its hooks), not of the saved state
+                setattr(self, k, v)
+        counts = d.get("update_counts")
+        self._counts = list(counts) if counts is not None else [self.steps] * len(self.params)
+
+
+class _InBackwardHook:
+    """The gradient-complete hook of one parameter; holds its optimizer weakly."""
+
+    __slots__ = ("ref", "i")
+
+    def __init__(self, ref, i: int):
+        self.ref, self.i = ref, i
+
+    def __call__(self, _param) -> None:
+        opt = self.ref()
+        if opt is not None and opt.in_backward:
+            opt._update_one(self.i)
 
 
 def _check(name: str, ok: bool, msg: str) -> None:
@@ -114,16 +201,16 @@ class SGD(Optimizer):
     (Nesterov, evaluated at the look-ahead point). ``weight_decay`` adds ``wd*p`` to g.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 in_backward: bool = False):
         _check("SGD", momentum >= 0, f"momentum must be >= 0, got {momentum}")
         _check("SGD", not nesterov or momentum > 0, "nesterov=True needs momentum > 0")
         self._buffers = ("momentum",) if momentum > 0 else ()
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, in_backward)
 
-    def _update(self):
-        _core.sgd_step(self.params, self._views.get("momentum", []), self.lr, self.momentum, self.nesterov,
-                       self.weight_decay)
+    def _apply(self, params, views, step):
+        _core.sgd_step(params, views.get("momentum", []), self.lr, self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adagrad(Optimizer):
@@ -131,13 +218,14 @@ class Adagrad(Optimizer):
 
     _buffers = ("sum_sq",)
 
-    def __init__(self, params, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
+                 in_backward: bool = False):
         _check("Adagrad", eps >= 0, f"eps must be >= 0, got {eps}")
         self.eps = float(eps)
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, in_backward)
 
-    def _update(self):
-        _core.adagrad_step(self.params, self._views["sum_sq"], self.lr, self.eps, self.weight_decay)
+    def _apply(self, params, views, step):
+        _core.adagrad_step(params, views["sum_sq"], self.lr, self.eps, self.weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -149,18 +237,18 @@ class RMSprop(Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0):
+                 nesterov: bool = False, weight_decay: float = 0.0, in_backward: bool = False):
         _check("RMSprop", 0 <= alpha < 1, f"alpha (decay rate) must be in [0, 1), got {alpha}")
         _check("RMSprop", momentum >= 0, f"momentum must be >= 0, got {momentum}")
         _check("RMSprop", not nesterov or momentum > 0, "nesterov=True needs momentum > 0")
         _check("RMSprop", eps >= 0, f"eps must be >= 0, got {eps}")
         self._buffers = ("square_avg", "momentum") if momentum > 0 else ("square_avg",)
         self.alpha, self.eps, self.momentum, self.nesterov = float(alpha), float(eps), float(momentum), bool(nesterov)
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, in_backward)
 
-    def _update(self):
-        _core.rmsprop_step(self.params, self._views["square_avg"], self._views.get("momentum", []), self.lr,
-                           self.alpha, self.eps, self.momentum, self.nesterov, self.weight_decay)
+    def _apply(self, params, views, step):
+        _core.rmsprop_step(params, views["square_avg"], views.get("momentum", []), self.lr, self.alpha, self.eps,
+                           self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -169,17 +257,18 @@ class Adam(Optimizer):
     _buffers = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 in_backward: bool = False):
         name = type(self).__name__
         b1, b2 = betas
         _check(name, 0 <= b1 < 1 and 0 <= b2 < 1, f"betas must be in [0, 1), got {tuple(betas)}")
         _check(name, eps >= 0, f"eps must be >= 0, got {eps}")
         self.betas, self.eps = (float(b1), float(b2)), float(eps)
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, in_backward)
 
-    def _update(self):
-        _core.adam_step(self.params, self._views["exp_avg"], self._views["exp_avg_sq"], self.lr, self.betas[0],
-                        self.betas[1], self.eps, self.weight_decay, self._decoupled, self.steps)
+    def _apply(self, params, views, step):
+        _core.adam_step(params, views["exp_avg"], views["exp_avg_sq"], self.lr, self.betas[0], self.betas[1],
+                        self.eps, self.weight_decay, self._decoupled, step)
 
 
 class AdamW(Adam):
@@ -187,8 +276,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 in_backward: bool = False):
+        super().__init__(params, lr, betas, eps, weight_decay, in_backward)
 
 
 # ---- learning-rate schedules: functions of the step k returning the learning rate ----------
@@ -283,6 +373,13 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     returns the norm before clipping. Parameters without a gradient are ignored."""
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    params = list(params)
+    for i, p in enumerate(params):
+        if _core.has_grad_complete_hook(p):
+            raise RuntimeError(
+                f"clip_grad_norm: parameter {i} of shape {p.shape} is updated inside backward() (an optimizer with "
+                "in_backward=True): its gradient is applied and freed before the global norm over all parameters "
+                "is known. Use an ordinary optimizer (in_backward=False) to clip by the global norm.")
     grads = [p.grad.numpy() for p in params if p.grad is not None]
     total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
     if total > max_norm:

@@ -38,6 +38,8 @@ class History:
     step_time: List[float] = field(default_factory=list)      # mean seconds per step (data + fwd + bwd + update)
     val_loss: List[float] = field(default_factory=list)
     val_accuracy: List[float] = field(default_factory=list)
+    peak_allocated_bytes: List[int] = field(default_factory=list)  # max over steps of the step's peak allocation
+    budget_plans: List[Any] = field(default_factory=list)  # fit(memory_budget=...): every BudgetPlan solved
     stopped_epoch: Optional[int] = None  # set when early stopping or a callback ended training
     best_epoch: Optional[int] = None     # the epoch whose parameters early stopping restored
 
@@ -139,30 +141,53 @@ def _world():
     return D if D is not None and D.is_initialized() and D.size() > 1 else None
 
 
-def _progress(total: int, enabled: bool):
+def _progress(epochs: int, loader, enabled: bool):
+    """A bar that advances once per batch (total = epochs x batches when the loader has a length)."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a declared dependency, but a missing bar must not stop training
         return None
-    return tqdm(total=total, unit="epoch", leave=True)
+    try:
+        total = epochs * len(loader)
+    except TypeError:  # a plain iterable: the bar counts batches without a total
+        total = None
+    return tqdm(total=total, unit="batch", leave=True)
 
 
-def _check_finite(params, epoch: int, step: int) -> None:
+def _regularize(regularizer, loss, closure, params, optimizer):
+    """regularizer.add(...), with an in-backward optimizer's hooks off: a regularizer may run
+    backward passes of its own (gradient penalties), which must not update the parameters."""
+    if not getattr(optimizer, "in_backward", False):
+        return regularizer.add(loss, closure, params)
+    optimizer.remove_hooks()
+    try:
+        return regularizer.add(loss, closure, params)
+    finally:
+        optimizer._attach(type(optimizer).__name__)
+
+
+def _step_peak_allocated() -> int:
+    return int(_core.memory_stats().get("peak_allocated_bytes", 0))
+
+
+def _check_finite(params, epoch: int, step: int, grads: bool = True) -> None:
     """A finite loss can still come with NaN/inf gradients (an inf input behind a dead unit,
-    an overflow in backward): check them, and the parameters, before the optimizer writes."""
-    for grads, what in ((True, "the gradient of parameter"), (False, "parameter")):
-        i = _core._first_nonfinite(params, grads)
+    an overflow in backward): check them, and the parameters, before the optimizer writes.
+    grads=False (an optimizer that updates inside backward): the parameters only, after it wrote."""
+    checks = ((True, "the gradient of parameter"), (False, "parameter")) if grads else ((False, "parameter"),)
+    for on_grads, what in checks:
+        i = _core._first_nonfinite(params, on_grads)
         if i >= 0:
+            state = "parameters left untouched" if grads else "updated inside backward"
             raise NonFiniteLossError(f"fit: {what} {i} (shape {tuple(params[i].shape)}) holds NaN or inf at epoch "
-                                     f"{epoch}, step {step}; parameters left untouched. Lower the learning rate or "
-                                     "check the data.")
+                                     f"{epoch}, step {step}; {state}. Lower the learning rate or check the data.")
 
 
 def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling=None,
         val: Optional[Tuple[Any, Any]] = None, progress: bool = True, callbacks: Sequence[Callable] = (),
-        early_stopping=None, regularizer=None) -> History:
+        early_stopping=None, regularizer=None, memory_budget=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a History.
 
     ``loss_fn(output, target)`` returns a scalar tensor. ``sampling``: a spad.sampling
@@ -172,9 +197,29 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
     ``early_stopping``: an int patience or an EarlyStopping (needs ``val``).
     ``regularizer``: see Regularizer. A NaN/inf loss raises NonFiniteLossError (both a
     FloatingPointError and a ValueError) naming the epoch and step.
+
+    ``optimizer`` may update inside backward (``in_backward=True``): the loop is the same.
+    ``memory_budget``: bytes a training step may allocate (``memory_stats()['peak_allocated_bytes']``),
+    or a spad.Budget. fit() then samples each layer at the keep that fits the step into the
+    budget at the least gradient variance, using ``sampling`` (default RAD) as the estimator,
+    re-planned every ``Budget.resolve_every`` steps; ``History.budget_plans`` records each plan.
+    A budget below the floor raises spad.MemoryBudgetError before any parameter changes.
     """
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
+    budget = None
+    if memory_budget is not None:
+        from .budget import Budget
+
+        if isinstance(memory_budget, Budget):
+            budget = memory_budget
+        else:
+            from . import sampling as S
+
+            if sampling is not None and not isinstance(sampling, S.Policy):
+                raise TypeError(f"fit: sampling must be a spad.sampling policy, got {type(sampling).__name__}")
+            budget = Budget(memory_budget, base=None if isinstance(sampling, S.Exact) else sampling)
+        sampling = budget
     if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
         early_stopping = EarlyStopping(patience=early_stopping)
     if early_stopping is not None and val is None:
@@ -182,23 +227,32 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
     params = model.parameters()
     hist = History()
     world = _world()
-    bar = _progress(epochs, progress and (world is None or world.rank() == 0))
+    bar = _progress(epochs, train_loader, progress and (world is None or world.rank() == 0))
     if hasattr(model, "train"):
         model.train()
+    total_steps = 0
     try:
         for epoch in range(epochs):
             losses, correct, seen, peak, peak_exact, t_total, steps = [], 0, 0, 0, 0, 0.0, 0
+            peak_alloc = 0
             t0 = time.perf_counter()
             for step, (xb, yb) in enumerate(train_loader):
                 if isinstance(xb, np.ndarray):
                     xb = tensor(xb)  # the loader's contiguous float buffers are shared, not copied
+                if budget is not None and total_steps % budget.resolve_every == 0:
+                    # Probe steps on this batch (no update): the first raises MemoryBudgetError
+                    # before any parameter has changed.
+                    hist.budget_plans.append(budget.plan(model, loss_fn, xb, yb, optimizer, step=total_steps))
+                # Last step's gradients go before the forward pass, not after it: they are not
+                # needed any more and would otherwise sit under this step's peak.
+                optimizer.zero_grad()
                 _core.reset_peak_memory_stats()
                 try:
                     with _policy_context(sampling):
                         out = model(xb)
                         loss = loss_fn(out, yb)
                         if regularizer is not None:
-                            loss = regularizer.add(loss, lambda: loss_fn(model(xb), yb), params)
+                            loss = _regularize(regularizer, loss, lambda: loss_fn(model(xb), yb), params, optimizer)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise NonFiniteLossError(f"loss is {value}")
@@ -208,18 +262,28 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                             f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
                             "Lower the learning rate or check the data.") from e
                     raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
-                optimizer.zero_grad()
-                loss.backward()
-                _check_finite(params, epoch, step)
-                optimizer.step()
-                step_peak, step_peak_exact = _core.peak_tape_bytes()
-                peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
-                losses.append(value)
+                # Accuracy before backward, then the output goes: it may view a larger reused
+                # buffer, which backward can free at last use only if nothing else holds it.
                 labels = _labels(yb)
                 if labels is not None and out.ndim == 2:
                     correct += int((out.numpy().argmax(axis=1) == labels).sum())
+                out = None
+                loss.backward()
+                loss = None
+                in_backward = getattr(optimizer, "in_backward", False)
+                # An in-backward optimizer has applied (and freed) the gradients already: only
+                # the parameters are left to check, after the fact.
+                _check_finite(params, epoch, step, grads=not in_backward)
+                optimizer.step()
+                step_peak, step_peak_exact = _core.peak_tape_bytes()
+                peak, peak_exact = max(peak, step_peak), max(peak_exact, step_peak_exact)
+                peak_alloc = max(peak_alloc, _step_peak_allocated())
+                total_steps += 1
+                losses.append(value)
                 seen += len(xb)
                 steps += 1
+                if bar is not None:
+                    bar.update(1)
                 t1 = time.perf_counter()
                 t_total += t1 - t0
                 t0 = t1
@@ -231,6 +295,7 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                 hist.accuracy.append(correct / seen)
             hist.peak_tape_bytes.append(int(peak))
             hist.exact_tape_bytes.append(int(peak_exact))
+            hist.peak_allocated_bytes.append(int(peak_alloc))
             hist.step_time.append(t_total / max(steps, 1))
             if not steps:  # an empty loader trains nothing and would report a NaN loss
                 raise ValueError(f"fit: the training loader yielded no batches in epoch {epoch}")
@@ -242,8 +307,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                     hist.val_accuracy.append(res["accuracy"])
                     postfix["val_acc"] = f"{res['accuracy']:.4f}"
             if bar is not None:
+                postfix["epoch"] = epoch + 1
                 bar.set_postfix(postfix)
-                bar.update(1)
             stop = any(bool(cb(epoch, hist, model)) for cb in callbacks)
             if early_stopping is not None:
                 metric = hist.val_loss[-1] if early_stopping.monitor == "val_loss" else hist.val_accuracy[-1]

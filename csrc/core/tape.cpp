@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "ops.h"
 #include "reuse.h"
@@ -140,8 +142,74 @@ Node::~Node() {
     draining = false;
 }
 
+// ---- gradient-complete hooks ---------------------------------------------------------
+namespace {
+struct HookEntry {
+    std::weak_ptr<TensorImpl> leaf;
+    std::shared_ptr<const GradHook> fn;
+};
+struct HookRegistry {
+    std::mutex mu;
+    std::unordered_map<const TensorImpl *, HookEntry> map;
+    std::atomic<size_t> size{0};  // lets backward() skip all hook bookkeeping when none exist
+};
+// Never destroyed: a hook may wrap an interpreter object that must not be freed after the
+// interpreter has shut down. Hooks are always destroyed outside the lock for the same reason
+// (freeing one may need the interpreter's lock, which a thread waiting on ours could hold).
+HookRegistry &hook_registry() {
+    static HookRegistry *r = new HookRegistry;
+    return *r;
+}
+
+std::shared_ptr<const GradHook> hook_of(const TensorImpl *t) {
+    HookRegistry &r = hook_registry();
+    std::shared_ptr<const GradHook> fn, dead;
+    {
+        std::lock_guard<std::mutex> lock(r.mu);
+        auto it = r.map.find(t);
+        if (it == r.map.end()) return nullptr;
+        if (it->second.leaf.expired()) {  // a dead tensor's entry; t reuses its address
+            dead = std::move(it->second.fn);
+            r.map.erase(it);
+            r.size = r.map.size();
+        } else {
+            fn = it->second.fn;
+        }
+    }
+    return fn;
+}
+}  // namespace
+
+void set_grad_complete_hook(const Tensor &leaf, GradHook hook) {
+    SPAD_CHECK(leaf, ValueError, "set_grad_complete_hook: got None instead of a tensor");
+    SPAD_CHECK(leaf->is_leaf() && leaf->requires_grad, ValueError, "set_grad_complete_hook: the tensor of shape ",
+               shape_str(leaf->shape), " is not a leaf that requires grad; only leaves accumulate gradients");
+    HookRegistry &r = hook_registry();
+    std::shared_ptr<const GradHook> fn = hook ? std::make_shared<const GradHook>(std::move(hook)) : nullptr, old;
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.map.find(leaf.get());
+    if (it != r.map.end()) {
+        old = std::move(it->second.fn);  // destroyed after the lock is released (declared before it)
+        r.map.erase(it);
+    }
+    if (fn) r.map.emplace(leaf.get(), HookEntry{leaf, std::move(fn)});
+    r.size = r.map.size();
+}
+
+bool has_grad_complete_hook(const Tensor &leaf) { return leaf && hook_of(leaf.get()) != nullptr; }
+
 // ---- the reverse sweep -------------------------------------------------------------
 static std::atomic<uint64_t> g_epoch{0};  // per-pass visit marks; unique across threads
+
+namespace {
+// Leaves with a hook that the current pass reaches: how many edges still owe them a
+// contribution, and whether any contribution arrived.
+struct HookedLeaf {
+    std::shared_ptr<const GradHook> fn;  // null: the leaf has no hook
+    int64_t owed = 0;
+    bool got = false;
+};
+}  // namespace
 
 static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph) {
     SPAD_CHECK(g->shape == leaf->shape, RuntimeError, "backward: gradient of shape ", shape_str(g->shape),
@@ -180,24 +248,48 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
         SPAD_CHECK(seed->dtype == root->dtype, TypeError, "backward: grad has dtype ", dtype_name(seed->dtype),
                    " but the tensor has dtype ", dtype_name(root->dtype));
     }
+    const bool any_hooks = hook_registry().size.load() > 0;
     if (!root->grad_fn) {
         accumulate_leaf(root, seed, create_graph);
+        if (any_hooks)
+            if (std::shared_ptr<const GradHook> fn = hook_of(root.get())) {
+                NoGradGuard no_grad;
+                (*fn)(root);
+            }
         return;
     }
-    // Collect the reachable nodes without recursion.
+    // Collect the reachable nodes without recursion (and count the edges into hooked leaves).
     const uint64_t epoch = ++g_epoch;
     std::vector<Node *> order, stack{root->grad_fn.get()};
+    std::unordered_map<const TensorImpl *, HookedLeaf> hooked;
     root->grad_fn->visit = epoch;
     while (!stack.empty()) {
         Node *n = stack.back();
         stack.pop_back();
         order.push_back(n);
-        for (Edge &e : n->next)
+        for (Edge &e : n->next) {
             if (e.node && e.node->visit != epoch) {
                 e.node->visit = epoch;
                 stack.push_back(e.node.get());
+            } else if (e.leaf && any_hooks) {
+                auto ins = hooked.emplace(e.leaf.get(), HookedLeaf{});
+                if (ins.second) ins.first->second.fn = hook_of(e.leaf.get());
+                ins.first->second.owed++;
             }
+        }
     }
+    // Called for every leaf edge of every node in `order`, delivered or not: the last one
+    // completes the leaf's gradient.
+    auto settle = [&](const Edge &e, bool delivered) {
+        auto it = hooked.find(e.leaf.get());
+        if (it == hooked.end() || !it->second.fn) return;
+        HookedLeaf &h = it->second;
+        h.got = h.got || delivered;
+        if (--h.owed == 0 && h.got) {
+            NoGradGuard no_grad;
+            (*h.fn)(e.leaf);
+        }
+    };
     std::sort(order.begin(), order.end(), [](Node *a, Node *b) { return a->seq > b->seq; });
 
     bool prev_mode = grad_enabled();
@@ -208,7 +300,12 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
         for (Node *n : order) {
             Tensor g = std::move(n->grad_acc);
             n->grad_acc.reset();
-            if (!g) continue;
+            if (!g) {
+                if (!hooked.empty())
+                    for (const Edge &e : n->next)
+                        if (e.leaf) settle(e, false);
+                continue;
+            }
             SPAD_CHECK(!n->released, RuntimeError, op_name(n->op),
                        ": trying to backward through the graph a second time (or directly access saved tensors after "
                        "they have already been freed). Saved intermediate values of the graph are freed when you call "
@@ -229,7 +326,11 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
             }
             for (size_t i = 0; i < n->next.size(); ++i) {
                 Edge &e = n->next[i];
-                if (!e.valid() || !gin[i]) continue;
+                if (!e.valid()) continue;
+                if (!gin[i]) {
+                    if (e.leaf && !hooked.empty()) settle(e, false);
+                    continue;
+                }
                 if (e.node) {
                     // Moved, not copied: the consumer must be the gradient's only owner to
                     // reuse its buffer (Note [Buffer reuse] in reuse.h).
@@ -243,6 +344,9 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                         acc = ops::add(acc, gin[i]);
                 } else {
                     accumulate_leaf(e.leaf, gin[i], create_graph);
+                    // Dropped before the hook runs, so a hook that frees leaf->grad frees the buffer.
+                    gin[i].reset();
+                    if (!hooked.empty()) settle(e, true);
                 }
                 gin[i].reset();
             }

@@ -11,6 +11,8 @@
 // node has run, unless retain_graph. With create_graph the rules run with grad mode on,
 // so the backward pass is itself recorded (double backward, Hessian-vector products).
 #pragma once
+#include <functional>
+
 #include "node.h"
 
 namespace spad {
@@ -35,6 +37,17 @@ uint64_t next_seq();  // creation order of a node made outside make_node
 Tensor saved_output(Node &n, int i);
 
 void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool create_graph);
+
+// Gradient-complete hooks (like PyTorch's register_post_accumulate_grad_hook): backward()
+// calls leaf's hook, with grad mode off, as soon as the reverse sweep has delivered the last
+// contribution to leaf->grad that this pass will make, i.e. once every reachable node with an
+// edge to the leaf has run. A pass that delivers nothing to the leaf does not call it. The
+// hook may update the leaf in place and drop its grad (optimizers with in_backward=True):
+// every node that reads the leaf has run by then. One hook per leaf; an empty function
+// removes it. The registry holds the leaf weakly, so a dead tensor's hook is never called.
+using GradHook = std::function<void(const Tensor &leaf)>;
+void set_grad_complete_hook(const Tensor &leaf, GradHook hook);
+bool has_grad_complete_hook(const Tensor &leaf);
 
 // The backward rule of each op, generated from ops.def.
 using BackwardFn = void (*)(Node &n, const Tensor &g, Tensor *gin);

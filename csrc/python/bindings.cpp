@@ -1,6 +1,7 @@
 // bindings.cpp — spad._core. Translation only: Python objects in, core calls, Python
 // objects and exceptions out. No math lives here.
 #include <pybind11/stl.h>
+#include <pybind11/functional.h>
 
 #include "../core/arena.h"
 #include "../core/conv.h"
@@ -384,6 +385,12 @@ PYBIND11_MODULE(_core, m) {
         return -1;
     }, py::arg("tensors"), py::arg("grads") = false,
     "Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.");
+    m.def("set_grad_complete_hook", [](const Tensor &t, std::function<void(Tensor)> fn) {
+        set_grad_complete_hook(t, fn ? GradHook([fn](const Tensor &leaf) { fn(leaf); }) : GradHook());
+    }, py::arg("tensor"), py::arg("hook").none(true),
+          "Call hook(tensor) inside backward() once the pass has delivered the last contribution to the\n"
+          "leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.");
+    m.def("has_grad_complete_hook", [](const Tensor &t) { return has_grad_complete_hook(t); }, py::arg("tensor"));
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
     });
@@ -479,6 +486,22 @@ PYBIND11_MODULE(_core, m) {
                                "Site packs recorded under this policy so far.")
         .def("upcoming_step", &Policy::upcoming_step, "The step the next forward pass through a site belongs to.")
         .def("state_bytes", &Policy::state_bytes)
+        .def("set_site_keep", [](Policy &p, const Tensor &w, const py::object &keep) {
+                 SPAD_CHECK(w, ValueError, "set_site_keep: got None instead of a weight tensor");
+                 std::lock_guard<std::mutex> lk(p.mu);
+                 if (keep.is_none()) {
+                     p.site_keep.erase(w->storage.get());
+                     return;
+                 }
+                 const double k = keep.cast<double>();
+                 SPAD_CHECK(k > 0.0 && k <= 1.0, ValueError, "set_site_keep: keep must be in (0, 1], got ", k);
+                 p.site_keep[w->storage.get()] = k;
+             }, py::arg("weight"), py::arg("keep").none(true),
+             "Keep for the site of this weight tensor (None: back to the policy's keep).")
+        .def("clear_site_keeps", [](Policy &p) {
+            std::lock_guard<std::mutex> lk(p.mu);
+            p.site_keep.clear();
+        })
         .def("site_scores", [](const Policy &p) {
             std::lock_guard<std::mutex> lk(p.mu);
             py::list out;

@@ -16,7 +16,7 @@ namespace spad {
 using namespace sampling_detail;
 
 void pack_conv_input(Node &, SavedTensor &slot, const Tensor &x_, const Tensor &w, const ConvGeom &geom) {
-    PackScope scope(active_policy().get());
+    PackScope scope(active_policy().get(), w.get());
     if (scope.exact()) return scope.pack_exact(slot, x_);
     Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;

@@ -57,11 +57,24 @@ struct PackScope {
     Policy *pol;
     std::unique_lock<std::mutex> lock;
     std::shared_ptr<StepToken> step;
-    explicit PackScope(Policy *p) : pol(p) {
+    double keep_before = -1;  // the policy's keep while a per-site override is applied
+    // `W`: the weight whose gradient the payload serves (null: no site), for its keep override.
+    PackScope(Policy *p, const TensorImpl *W) : pol(p) {
         if (!p) return;
         lock = std::unique_lock<std::mutex>(p->mu);
         step = p->enter_step();
+        if (!W || p->site_keep.empty()) return;
+        auto it = p->site_keep.find(W->storage.get());
+        if (it == p->site_keep.end()) return;
+        // Every estimator reads cfg.keep while it packs; the lock makes the swap private.
+        keep_before = p->cfg.keep;
+        p->cfg.keep = it->second;
     }
+    ~PackScope() {
+        if (keep_before >= 0) pol->cfg.keep = keep_before;  // still under the lock
+    }
+    PackScope(const PackScope &) = delete;
+    PackScope &operator=(const PackScope &) = delete;
     bool exact() const { return !pol || pol->cfg.kind == PolicyKind::EXACT || pol->cfg.keep >= 1.0; }
     // An exact save that still belongs to the policy's step.
     void pack_exact(SavedTensor &slot, const Tensor &t) const {

@@ -9,7 +9,7 @@ using namespace sampling_detail;
 
 // ---- elementwise leaf factors ----------------------------------------------------------
 void pack_leaf_factor(SavedTensor &slot, const Tensor &other) {
-    PackScope scope(active_policy().get());
+    PackScope scope(active_policy().get(), nullptr);
     if (scope.exact()) return scope.pack_exact(slot, other);
     Policy *pol = scope.pol;
     Tensor x = contiguous(other);

@@ -142,7 +142,7 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
 }
 
 void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
-    PackScope scope(active_policy().get());
+    PackScope scope(active_policy().get(), W.get());
     if (scope.exact()) return scope.pack_exact(slot, x2d);
     Policy *pol = scope.pol;
     const PolicyConfig &c = pol->cfg;

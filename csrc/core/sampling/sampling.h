@@ -96,6 +96,9 @@ struct Policy {
     int64_t visits = 0;        // site packs recorded under this policy (use() warns when none)
     std::unordered_map<const Storage *, std::shared_ptr<SiteState>> sites;
     std::weak_ptr<StepToken> current;
+    // Per-site keep overrides (weight storage -> keep in (0, 1]), set by the memory-budget
+    // solver (spad/budget.py); other sites use cfg.keep. Applied while a site packs.
+    std::unordered_map<const Storage *, double> site_keep;
     mutable std::mutex mu;     // guards everything above: one policy may be active on several threads
     explicit Policy(PolicyConfig c);
     // Called (under mu) by every pack: the current step's token, beginning a new step if due.
