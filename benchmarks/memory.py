@@ -80,6 +80,29 @@ def _policy(S, name, keep):
     raise KeyError(name)
 
 
+def spad_model(nn, sizes):
+    """An MLP with ReLUs between the layer ``sizes``, or (sizes None) the 3x32x32 ConvNet."""
+    if sizes is None:
+        return nn.Sequential(nn.Conv2d(3, 16, 5, padding=2, seed=0), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 32, 5, padding=2, seed=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(32 * 8 * 8, 10, seed=2))
+    return nn.mlp(sizes, seed=0)
+
+
+def torch_model(tnn, sizes):
+    """The same architectures in PyTorch (its own default initialization)."""
+    if sizes is None:
+        return tnn.Sequential(tnn.Conv2d(3, 16, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+                              tnn.Conv2d(16, 32, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+                              tnn.Linear(32 * 8 * 8, 10))
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(tnn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(tnn.ReLU())
+    return tnn.Sequential(*layers)
+
+
 def child_spad(cfg):
     spad = benchlib.import_spad()
     import spad.functional as F
@@ -89,12 +112,8 @@ def child_spad(cfg):
 
     arch = cfg["arch"]
     x, y = _data(arch, ARCHS[arch][1])
-    if arch == "convnet":
-        model = nn.Sequential(nn.Conv2d(3, 16, 5, padding=2, seed=0), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(16, 32, 5, padding=2, seed=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(32 * 8 * 8, 10, seed=2))
-    else:
-        model = nn.mlp([784, 300, 300, 300, 10] if arch == "mlp300" else [784, 1024, 1024, 10], seed=0)
+    model = spad_model(nn, None if arch == "convnet" else
+                       [784, 300, 300, 300, 10] if arch == "mlp300" else [784, 1024, 1024, 10])
     opt = optim.SGD(model.parameters(), lr=1e-3)
     pol = _policy(S, cfg["policy"], cfg["keep"])
     xs = spad.tensor(x)
@@ -124,18 +143,8 @@ def child_torch(cfg):
     x, y = _data(arch, ARCHS[arch][1])
     torch.manual_seed(0)
     tnn = torch.nn
-    if arch == "convnet":
-        model = tnn.Sequential(tnn.Conv2d(3, 16, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-                               tnn.Conv2d(16, 32, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-                               tnn.Linear(32 * 8 * 8, 10))
-    else:
-        sizes = [784, 300, 300, 300, 10] if arch == "mlp300" else [784, 1024, 1024, 10]
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-            layers.append(tnn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(tnn.ReLU())
-        model = tnn.Sequential(*layers)
+    model = torch_model(tnn, None if arch == "convnet" else
+                        [784, 300, 300, 300, 10] if arch == "mlp300" else [784, 1024, 1024, 10])
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -143,23 +152,29 @@ def child_torch(cfg):
     rss0 = _reset_peak_rss()
     saved_all, saved_act = 0, 0
     for _ in range(STEPS):
-        seen = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            seen[s.data_ptr()] = s.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = torch.nn.functional.cross_entropy(model(xt), yt)
-        saved_all = max(saved_all, sum(seen.values()))
-        saved_act = max(saved_act, sum(v for k, v in seen.items() if k not in param_ptrs))
+        loss, all_b, act_b = torch_forward_saved(torch, model, xt, yt, param_ptrs)
+        saved_all, saved_act = max(saved_all, all_b), max(saved_act, act_b)
         opt.zero_grad()
         loss.backward()
         opt.step()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"saved_all": saved_all, "saved_act": saved_act, "param_bytes": params, "rss": max(rss_all, _rss_bytes()),
             "rss_step": _rss_bytes() - rss0}
+
+
+def torch_forward_saved(torch, model, xt, yt, param_ptrs):
+    """PyTorch's forward + cross-entropy, with the bytes of the distinct storages autograd saved
+    (all of them, and those that are not parameters): (loss, saved_all, saved_activations)."""
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+    return loss, sum(seen.values()), sum(v for k, v in seen.items() if k not in param_ptrs)
 
 
 def measure(cfg):

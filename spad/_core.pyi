@@ -325,6 +325,17 @@ def max_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tenso
     ...
 def _memory_categories() -> dict:
     ...
+def _relu_owned(box: list) -> Tensor:
+    ...
+def linear_chain(x: Tensor, layers: list) -> Tensor:
+    """
+    Linear layers (W, b or None, relu after?) applied in order: the nodes of separate linear/relu
+    calls, with intermediates overwritten in place once the tape no longer needs them.
+    """
+def _set_memory_trace(on: bool) -> None:
+    ...
+def _memory_trace() -> list[int]:
+    ...
 def _owned_copy(array: numpy.ndarray) -> Tensor:
     """
     A spad-allocated, counted copy of a float array.

@@ -239,6 +239,10 @@ class Sequential(Module):
         for step in self._plan():
             if type(step) is list:  # a run of Linear (+ ReLU) layers: one core call
                 x = _core.linear_chain(x, [(m.weight, m.bias, relu) for m, relu in step])
+            elif type(step) is ReLU:  # hand over this loop's reference: in place if it was the last
+                box = [x]
+                del x
+                x = _core._relu_owned(box)
             else:
                 x = step(x)
         return x

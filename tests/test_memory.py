@@ -211,3 +211,37 @@ def test_sampled_chain_holds_one_activation_at_a_time():
     grads = sum(p.grad.numpy().nbytes for p in model.parameters())
     peak = spad.memory_stats()["peak_allocated_bytes"] - base
     assert peak < tape + grads + 1.5 * act, (peak, tape, grads, act)
+
+
+def test_relu_owned_overwrites_only_an_unshared_input():
+    x = spad.tensor(np.linspace(-1, 1, 64, dtype=np.float32)) * 1.0  # spad-allocated
+    kept = x  # a second Python name: relu must leave x intact
+    before = x.numpy().copy()
+    box = [x]
+    del x
+    y = spad._core._relu_owned(box)
+    np.testing.assert_array_equal(kept.numpy(), before)
+    assert not np.shares_memory(y.numpy(), kept.numpy())
+    np.testing.assert_array_equal(y.numpy(), np.maximum(before, 0))
+    base = _alloc()
+    y2 = spad._core._relu_owned([kept * 2.0])  # a temporary no one else holds: reused
+    assert _alloc() - base <= y2.size * 4 + 8  # one buffer (and a scalar), not two
+
+
+def test_sequential_conv_relu_matches_functional():
+    rng = np.random.default_rng(6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 5, seed=1))
+    x = spad.tensor(rng.random((6, 3, 8, 8), dtype=np.float32))
+    y = np.arange(6) % 5
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    g1 = [p.grad.numpy().copy() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    c, _, pool, flat, lin = model._modules.values()
+    loss2 = F.cross_entropy(lin(flat(pool(F.relu(c(x))))), y)
+    loss2.backward()
+    assert loss.item() == pytest.approx(loss2.item(), rel=1e-6)
+    for a, p in zip(g1, model.parameters()):
+        np.testing.assert_allclose(a, p.grad.numpy(), rtol=1e-5, atol=1e-7)

@@ -14,8 +14,9 @@
 //
 // Linear layers reuse across shapes: y = x W (+ b) row by row needs only row r of x for row r
 // of y, so y can be computed a block of rows at a time into a small scratch buffer and
-// copied over x's consumed rows, as long as a row of y is no wider than a row of x. The
-// same holds for dx = g W^T over g.
+// copied over x's consumed rows, as long as a row of y is no wider than a row of x (and at
+// least half as wide: a narrow result would pin the wide buffer). The same holds for
+// dx = g W^T over g.
 #pragma once
 #include "tensor.h"
 

@@ -282,6 +282,15 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("x"), py::arg("layers"),
           "Linear layers (W, b or None, relu after?) applied in order: the nodes of separate linear/relu\n"
           "calls, with intermediates overwritten in place once the tape no longer needs them.");
+    m.def("_relu_owned", [](py::list box) {
+        // Takes the caller's only reference out of `box` before the core sees the tensor, so
+        // ReLU may overwrite it when nothing else holds it (Note [Buffer reuse] in reuse.h);
+        // any other holder (a Python name, a saved payload) keeps it intact.
+        SPAD_CHECK(box.size() == 1, ValueError, "_relu_owned: expected a one-element list");
+        Tensor t = box[0].cast<Tensor>();
+        box.attr("clear")();
+        return ops::relu(t);
+    }, py::arg("box"));
     m.def("clear_grads", [](const std::vector<Tensor> &ps) {
         for (const Tensor &p : ps) p->grad.reset();
     }, py::arg("params"), "Set .grad = None on every tensor of the list (Optimizer.zero_grad).");

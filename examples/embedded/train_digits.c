@@ -178,6 +178,10 @@ int main(int argc, char **argv) {
            (long long)arena.persistent_capacity);
     printf("peak tape          %lld bytes (exact backprop: %lld)\n", (long long)tape.peak_tape_bytes,
            (long long)tape.peak_exact_tape_bytes);
+    printf("peak allocated     %lld bytes (each category at its own peak: parameters %lld, gradients %lld, "
+           "tape %lld, other %lld)\n", (long long)tape.peak_allocated_bytes,
+           (long long)tape.peak_category_bytes[SPAD_MEM_PARAMETERS], (long long)tape.peak_category_bytes[SPAD_MEM_GRADIENTS],
+           (long long)tape.peak_category_bytes[SPAD_MEM_TAPE], (long long)tape.peak_category_bytes[SPAD_MEM_OTHER]);
     printf("speed              %.0f steps/s\n", secs > 0 ? steps / secs : 0.0);
     if (save) TRY(spad_model_save(model, save));
     spad_ctx_free(ctx);

@@ -148,7 +148,9 @@ Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b) {
         if (node->needs(1)) pack_weight_input(*node, node->saved[0], reshape(x, {R, in}), W);
         if (node->needs(0)) node->saved[1].pack_exact(W);
     }
-    if (outf <= in && R > 0 && reusable(x2, x2 == x ? 1 : 0)) {
+    // Only when y fills at least half of x's buffer: a narrow y (logits) in a wide buffer would
+    // keep the whole buffer alive as long as y lives.
+    if (outf <= in && 2 * outf >= in && R > 0 && reusable(x2, x2 == x ? 1 : 0)) {
         Tensor bc = b ? contiguous(b) : Tensor();
         gemm_rows_in_place(x2->dtype, x2->raw(), R, in, outf, w->raw(), tw, ldw, bc ? bc->raw() : nullptr);
         x2->storage->version++;
@@ -183,7 +185,8 @@ void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     if (!n.needs(0)) return;
     const Tensor &W = n.saved[1].get("linear");
     const bool everywhere = n.saved[0].ctx && std::static_pointer_cast<SiteState>(n.saved[0].ctx)->cfg.everywhere;
-    if (!grad_enabled() && !everywhere && ws[0] <= ws[1] && R > 0 && g2 == g && reusable(g2, 1)) {
+    if (!grad_enabled() && !everywhere && ws[0] <= ws[1] && 2 * ws[0] >= ws[1] && R > 0 && g2 == g &&
+        reusable(g2, 1)) {
         Tensor w = gemmable(W);
         bool tw;
         int64_t ldw;
