@@ -185,10 +185,11 @@ Tensor BlockPayload::weight_grad(SiteState &, const Tensor &g, const Shape &wsha
     const int64_t bsz = values->shape[1], nb = (n + bsz - 1) / bsz, E = B * kb;
     // The block of each entry: regenerated (uniform RAD) or stored (magnitude blocks).
     const uint16_t *blocks = stored ? stored->data<uint16_t>() : nullptr;
+    const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
     // Bucket the entries by block (stable: summation order is fixed).
     std::vector<int32_t> blk(E), start(nb + 1, 0), order(E);
     for (int64_t e = 0; e < E; ++e) {
-        blk[e] = blocks ? (int32_t)blocks[e] : (int32_t)rs.below((uint64_t)e, (uint32_t)nb);
+        blk[e] = blocks ? (int32_t)blocks[e] : (int32_t)draws.below((uint64_t)e, (uint32_t)nb);
         start[blk[e] + 1]++;
     }
     for (int64_t i = 0; i < nb; ++i) start[i + 1] += start[i];

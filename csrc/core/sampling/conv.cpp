@@ -27,13 +27,14 @@ struct PixelPayload final : ConvPayload {
     Tensor weight_grad(SiteState *, const Tensor &g, const ConvGeom &geom) const override {
         const int64_t N = geom.N, C = geom.C, P = geom.H * geom.W;
         Tensor xh = zeros({N, C, geom.H, geom.W}, values->dtype);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         SPAD_FLOAT(values->dtype, T, {
             const T *pv = values->data<T>();
             T *px = xh->data<T>();
             int64_t o = 0;
             for (int64_t nn = 0; nn < N; ++nn)
                 for (int64_t hw = 0; hw < P; ++hw)
-                    if (rs.uniform((uint64_t)(same ? hw : nn * P + hw)) < keep) {
+                    if (draws.uniform((uint64_t)(same ? hw : nn * P + hw)) < keep) {
                         for (int64_t ch = 0; ch < C; ++ch) px[(nn * C + ch) * P + hw] = pv[o * C + ch];
                         ++o;
                     }

@@ -17,11 +17,12 @@ struct ElementPayload final : SampledPayload {
     std::vector<Tensor> kept() const override { return {values}; }
     Tensor unpack(const Shape &shape) const {
         Tensor out = zeros(shape, values->dtype);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         SPAD_FLOAT(values->dtype, T, {
             const T *pv = values->data<T>();
             T *po = out->data<T>();
             for (int64_t i = 0, o = 0; i < numel; ++i)
-                if (rs.uniform((uint64_t)i) < keep) po[i] = pv[o++];
+                if (draws.uniform((uint64_t)i) < keep) po[i] = pv[o++];
         });
         return out;
     }

@@ -199,9 +199,10 @@ struct UniformFeatures final : WeightPayload {
     std::vector<Tensor> kept() const override { return {values}; }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
         const int64_t nf = wshape[0];
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         std::vector<int32_t> feat;
         return feature_grad(g, values, wshape, k, (double)nf / (double)k, feat,
-                            [&](int64_t e) { return (int64_t)rs.below((uint64_t)e, (uint32_t)nf); });
+                            [&](int64_t e) { return (int64_t)draws.below((uint64_t)e, (uint32_t)nf); });
     }
 };
 
@@ -214,8 +215,9 @@ struct ScoredFeatures final : WeightPayload {
     std::vector<Tensor> kept() const override { return {values, q}; }
     Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const override {
         const Alias al(q->data<double>(), wshape[0]);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         std::vector<int32_t> feat;
-        Tensor dW = feature_grad(g, values, wshape, k, 1.0, feat, [&](int64_t e) { return al.draw(rs, (uint64_t)e); });
+        Tensor dW = feature_grad(g, values, wshape, k, 1.0, feat, [&](int64_t e) { return al.draw(draws, (uint64_t)e); });
         if (site.cfg.sampled_scores) {
             std::lock_guard<std::mutex> lk(site.mu);
             SPAD_FLOAT(g->dtype, T, {
@@ -275,6 +277,7 @@ struct SharedColumnsPayload final : WeightPayload {
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
         const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
         Tensor dW = zeros(wshape, g->dtype);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         SPAD_FLOAT(g->dtype, T, {
             Tensor G = empty({k, m}, g->dtype);
             gemm(true, false, k, m, B, T(1), values->data<T>(), k, g->data<T>(), m, T(0), G->data<T>(), m);
@@ -282,7 +285,7 @@ struct SharedColumnsPayload final : WeightPayload {
             T *pw = dW->data<T>();
             const int64_t *pt = top ? top->data<int64_t>() : nullptr;
             for (int64_t s = 0; s < k; ++s) {
-                const int64_t i = pt ? pt[s] : (int64_t)rs.below((uint64_t)s, (uint32_t)nf);
+                const int64_t i = pt ? pt[s] : (int64_t)draws.below((uint64_t)s, (uint32_t)nf);
                 for (int64_t j = 0; j < m; ++j) pw[i * m + j] += (T)scale * pG[s * m + j];
             }
         });
@@ -301,7 +304,7 @@ struct ProjectionPayload final : WeightPayload {
         SPAD_FLOAT(g->dtype, T, {
             Tensor G = empty({k, m}, g->dtype);
             gemm(true, false, k, m, B, T(1), values->data<T>(), k, g->data<T>(), m, T(0), G->data<T>(), m);
-            Tensor R = rademacher_matrix<T>(rs, nf, k, g->dtype);
+            Tensor R = rademacher_matrix<T>(RandomStream(rs.seed, rs.counter, rs.stream), nf, k, g->dtype);
             gemm(false, false, nf, m, k, (T)(1.0 / (double)k), R->data<T>(), k, G->data<T>(), m, T(0), dW->data<T>(), m);
         });
         return dW;
