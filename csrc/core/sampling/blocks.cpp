@@ -64,7 +64,7 @@ std::unique_ptr<WeightPayload> pack_rad_blocks(Policy &pol, const Tensor &x, int
 // (the variance-optimal block distribution: it minimizes sum_β ||x_bβ||^2 / q_β), with
 // systematic draws (one uniform per example, as in magnitude_paths), and stored scaled by
 // 1/(kb q_β). Unbiased; variance at most sum_b ((sum_β ||x_bβ||)^2 - ||x_b||^2) ||dy_b||^2 / kb.
-// The block indices are data-dependent, so they are stored (2 bytes each, in aux); the
+// The block indices are data-dependent, so they are stored (2 bytes each: BlockPayload::stored); the
 // backward pass is RAD's block kernel.
 std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &x, int64_t bsz) {
     const int64_t B = x->shape[0], n = x->shape[1];
