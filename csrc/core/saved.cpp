@@ -13,15 +13,12 @@ SavedTensor &SavedTensor::operator=(SavedTensor &&o) noexcept {
         release();
         kind = o.kind;
         value = std::move(o.value);
-        aux = std::move(o.aux);
+        payload = std::move(o.payload);
         exact_src = std::move(o.exact_src);
         ctx = std::move(o.ctx);
         version = o.version;
         seed = o.seed;
         counter = o.counter;
-        k = o.k;
-        scale = o.scale;
-        mode = o.mode;
         uncounted = o.uncounted;
         released = o.released;
         o.kind = SaveKind::NONE;
@@ -65,18 +62,20 @@ void SavedTensor::pack_seed(uint64_t s, uint64_t c, const Tensor &source) {
     released = false;
 }
 
-void SavedTensor::pack_sampled(const Tensor &values, const Tensor &a, const Tensor &source) {
+void SavedTensor::pack_sampled(std::unique_ptr<SampledPayload> p, const Tensor &source) {
     release();
-    if (values) charge_tape(values->storage, +1);
+    const std::vector<Tensor> held = p->kept();
+    size_t charged = 0;
     try {
-        if (a) charge_tape(a->storage, +1);
+        for (; charged < held.size(); ++charged)
+            if (held[charged]) charge_tape(held[charged]->storage, +1);
     } catch (...) {
-        if (values) charge_tape(values->storage, -1);
+        while (charged-- > 0)
+            if (held[charged]) charge_tape(held[charged]->storage, -1);
         throw;
     }
     kind = SaveKind::SAMPLED;
-    value = values;
-    aux = a;
+    payload = std::move(p);
     exact_src = exact_token(source->storage);  // bytes only: the source itself may go
     charge_exact(exact_src, +1);
     released = false;
@@ -101,14 +100,14 @@ void SavedTensor::release() {
         return;
     }
     if (kind == SaveKind::SAMPLED) {
-        if (value) charge_tape(value->storage, -1);
-        if (aux) charge_tape(aux->storage, -1);
+        for (const Tensor &t : payload->kept())
+            if (t) charge_tape(t->storage, -1);
     } else if (kind != SaveKind::SEED) {
         charge_tape(value->storage, -1, uncounted);
     }
     charge_exact(exact_src, -1);
     value.reset();
-    aux.reset();
+    payload.reset();
     exact_src.reset();
     ctx.reset();
     released = true;

@@ -24,8 +24,19 @@ int64_t rad_block_size(int64_t block, int64_t k) {
 
 namespace sampling_detail {
 
+// Entry e = b*kb + t holds `bsz` values of example b from feature block blk_e (zero-padded),
+// pre-weighted or not: dW[blk rows, :] += scale * v_e (x) dy_b. The blocks are regenerated
+// from the stream (uniform RAD) or stored, 2 bytes each (magnitude blocks).
+struct BlockPayload final : WeightPayload {
+    Tensor values;  // (B*kb, bsz)
+    Tensor stored;  // U8 holding a uint16 block per entry, or null (regenerated from rs)
+    int64_t kb = 0;
+    double scale = 1.0;
+    std::vector<Tensor> kept() const override { return {values, stored}; }
+    Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override;
+};
 
-void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz) {
+std::unique_ptr<WeightPayload> pack_rad_blocks(Policy &pol, const Tensor &x, int64_t bsz) {
     const int64_t B = x->shape[0], n = x->shape[1];
     const int64_t nb = (n + bsz - 1) / bsz;
     // The nearest whole number of blocks to keep*n values: within bsz/2 values of the budget.
@@ -40,11 +51,12 @@ void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bs
             std::memcpy(pv + e * bsz, px + (e / kb) * n + j0, (size_t)len * sizeof(T));
         }
     });
-    slot.pack_sampled(values, nullptr, x);
-    slot.seed = rs.seed;
-    slot.counter = rs.counter;
-    slot.k = kb;
-    slot.scale = (double)nb / (double)kb;
+    auto p = std::make_unique<BlockPayload>();
+    p->values = values;
+    p->rs = rs;
+    p->kb = kb;
+    p->scale = (double)nb / (double)kb;
+    return p;
 }
 
 // SPAD magnitude paths in blocks (wide layers): each example keeps kb blocks of `bsz`
@@ -52,9 +64,9 @@ void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bs
 // (the variance-optimal block distribution: it minimizes sum_β ||x_bβ||^2 / q_β), with
 // systematic draws (one uniform per example, as in magnitude_paths), and stored scaled by
 // 1/(kb q_β). Unbiased; variance at most sum_b ((sum_β ||x_bβ||)^2 - ||x_b||^2) ||dy_b||^2 / kb.
-// The block indices are data-dependent, so they are stored (2 bytes each, in aux); the
+// The block indices are data-dependent, so they are stored (2 bytes each: BlockPayload::stored); the
 // backward pass is RAD's block kernel.
-void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz) {
+std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &x, int64_t bsz) {
     const int64_t B = x->shape[0], n = x->shape[1];
     const int64_t nb = (n + bsz - 1) / bsz;
     SPAD_CHECK(nb <= 65535, ValueError, "SPAD: ", nb, " feature blocks do not fit a 2-byte block index");
@@ -105,11 +117,13 @@ void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int6
             }
         }
     });
-    slot.pack_sampled(values, idx, x);
-    slot.seed = rs.seed;
-    slot.counter = rs.counter;
-    slot.k = kb;
-    slot.scale = 1.0;  // the values carry their weights
+    auto p = std::make_unique<BlockPayload>();
+    p->values = values;
+    p->stored = idx;
+    p->rs = rs;
+    p->kb = kb;
+    p->scale = 1.0;  // the values carry their weights
+    return p;
 }
 
 // dW[r0:r0+nr, :] = sum_o vs[o][0:nr] (x) g[goff[o], :], nr <= 4, for one block's entries
@@ -166,16 +180,16 @@ static void fold_rows(T *dW, int64_t m, int64_t nr, const T *g, const int64_t *g
         }
 }
 
-Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape) {
-    const int64_t n = wshape[0], m = wshape[1], B = g->shape[0], kb = slot.k;
-    const int64_t bsz = slot.value->shape[1], nb = (n + bsz - 1) / bsz, E = B * kb;
-    const RandomStream rs = stream_of(slot);
-    // The block of each entry: regenerated (uniform RAD) or stored (magnitude blocks, aux).
-    const uint16_t *stored = slot.aux ? slot.aux->data<uint16_t>() : nullptr;
+Tensor BlockPayload::weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const {
+    const int64_t n = wshape[0], m = wshape[1], B = g->shape[0];
+    const int64_t bsz = values->shape[1], nb = (n + bsz - 1) / bsz, E = B * kb;
+    // The block of each entry: regenerated (uniform RAD) or stored (magnitude blocks).
+    const uint16_t *blocks = stored ? stored->data<uint16_t>() : nullptr;
+    const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
     // Bucket the entries by block (stable: summation order is fixed).
     std::vector<int32_t> blk(E), start(nb + 1, 0), order(E);
     for (int64_t e = 0; e < E; ++e) {
-        blk[e] = stored ? (int32_t)stored[e] : (int32_t)rs.below((uint64_t)e, (uint32_t)nb);
+        blk[e] = blocks ? (int32_t)blocks[e] : (int32_t)draws.below((uint64_t)e, (uint32_t)nb);
         start[blk[e] + 1]++;
     }
     for (int64_t i = 0; i < nb; ++i) start[i + 1] += start[i];
@@ -183,9 +197,9 @@ Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Sha
     for (int64_t e = 0; e < E; ++e) order[pos[blk[e]]++] = (int32_t)e;
     Tensor dW = empty(wshape, g->dtype);  // every row is written below
     SPAD_FLOAT(g->dtype, T, {
-        const T *pg = g->data<T>(), *pv = slot.value->data<T>();
+        const T *pg = g->data<T>(), *pv = values->data<T>();
         T *pw = dW->data<T>();
-        const T scale = (T)slot.scale;
+        const T sc = (T)scale;
         std::vector<int64_t> goff;
         std::vector<T> vs;
         for (int64_t i = 0; i < nb; ++i) {
@@ -198,7 +212,7 @@ Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Sha
                 const int64_t nr = std::min<int64_t>(4, rows - r0);
                 for (int32_t o = 0; o < cnt; ++o) {
                     const T *src = pv + (int64_t)order[start[i] + o] * bsz + r0;
-                    for (int64_t r = 0; r < 4; ++r) vs[o * 4 + r] = r < nr ? src[r] * scale : T(0);
+                    for (int64_t r = 0; r < 4; ++r) vs[o * 4 + r] = r < nr ? src[r] * sc : T(0);
                 }
                 fold_rows<T>(pw + (i * bsz + r0) * m, m, nr, pg, goff.data(), vs.data(), cnt);
             }

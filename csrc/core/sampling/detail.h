@@ -23,7 +23,6 @@ inline RandomStream reserve(Policy &p, uint64_t draws) {
     p.counter += draws / 4 + 2;
     return rs;
 }
-inline RandomStream stream_of(const SavedTensor &s, uint32_t stream = 0) { return {s.seed, s.counter, stream}; }
 
 inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n) {
     std::shared_ptr<SiteState> &s = p.sites[W->storage.get()];
@@ -36,13 +35,16 @@ inline std::shared_ptr<SiteState> site_for(Policy &p, const Tensor &W, int64_t n
 }
 
 // What a payload packed under a policy keeps besides its data: the site whose state its
-// backward pass updates (null for elementwise factors) and its step (Note [Policy clock]).
+// backward pass updates (null for elementwise factors), its step (Note [Policy clock]) and,
+// for an exact save on a SPAD scoring pass, that its backward refreshes the site's scores.
 struct PayloadCtx {
     std::shared_ptr<SiteState> site;
     std::shared_ptr<StepToken> step;
+    bool scoring = false;
 };
-inline std::shared_ptr<void> payload_ctx(std::shared_ptr<SiteState> site, std::shared_ptr<StepToken> step) {
-    return std::make_shared<PayloadCtx>(PayloadCtx{std::move(site), std::move(step)});
+inline std::shared_ptr<void> payload_ctx(std::shared_ptr<SiteState> site, std::shared_ptr<StepToken> step,
+                                         bool scoring = false) {
+    return std::make_shared<PayloadCtx>(PayloadCtx{std::move(site), std::move(step), scoring});
 }
 inline PayloadCtx *ctx_of(const SavedTensor &s) { return static_cast<PayloadCtx *>(s.ctx.get()); }
 inline SiteState *site_of(const SavedTensor &s) { return s.ctx ? ctx_of(s)->site.get() : nullptr; }
@@ -82,6 +84,26 @@ struct PackScope {
         if (pol) slot.ctx = payload_ctx(nullptr, step);
     }
 };
+
+// The sampled payload families (Note [Sampled payloads] in saved.h). A family packed for a
+// linear layer or matmul estimates dW (n x m) from the output gradient g (B x m,
+// contiguous); `rs` is the stream it drew with (placement="everywhere" samples dy from
+// its stream 1).
+struct WeightPayload : SampledPayload {
+    RandomStream rs;
+    virtual Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const = 0;
+};
+// A family packed for conv2d estimates dW from g (N, C_out, Ho, Wo); `site` is null when
+// the family keeps no per-site state.
+struct ConvPayload : SampledPayload {
+    virtual Tensor weight_grad(SiteState *site, const Tensor &g, const ConvGeom &geom) const = 0;
+};
+// The slot's payload as family interface P (a payload of another op's kind is a bug: raise).
+template <class P> inline const P &payload_as(const SavedTensor &s, const char *op) {
+    const P *p = dynamic_cast<const P *>(s.payload.get());
+    SPAD_CHECK(p, RuntimeError, op, ": the saved sampled payload belongs to another kind of op");
+    return *p;
+}
 
 // A sampled payload holds values cut from the graph, so a recorded (create_graph) backward
 // through it would silently miss second-order terms: refuse instead.
@@ -198,11 +220,10 @@ inline void remember_dy_norms(SiteState &site, const Tensor &g, int64_t R, int64
     site.dy_norm = std::move(norms);
 }
 
-// RAD different-sample in feature blocks (blocks.cpp).
-void pack_rad_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
-Tensor rad_block_weight_grad(const SavedTensor &slot, const Tensor &g, const Shape &wshape);
-// SPAD magnitude paths in blocks of bsz features (wide layers), read back by rad_block_weight_grad.
-void pack_magnitude_blocks(Policy &pol, SavedTensor &slot, const Tensor &x, int64_t bsz);
+// RAD different-sample in feature blocks (blocks.cpp): a BlockPayload.
+std::unique_ptr<WeightPayload> pack_rad_blocks(Policy &pol, const Tensor &x, int64_t bsz);
+// SPAD magnitude paths in blocks of bsz features (wide layers): a BlockPayload with stored blocks.
+std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &x, int64_t bsz);
 // Layers keeping at least this many values per example sample SPAD's magnitude paths in
 // blocks (backward at GEMM-like speed); narrower ones draw single features (2-byte entries,
 // lower variance for the same bytes, and a backward that costs little there anyway).

@@ -49,17 +49,6 @@ struct Alias {
     }
 };
 
-// Feature index of entry e = b*k + s for the per-example estimators.
-struct FeatureDraw {
-    Estimator est;
-    RandomStream rs;
-    int64_t n;
-    const Alias *alias;
-    int64_t operator()(int64_t e) const {
-        return est == Estimator::SPAD ? alias->draw(rs, (uint64_t)e) : (int64_t)rs.below((uint64_t)e, (uint32_t)n);
-    }
-};
-
 static Tensor q_of(const SiteState &s) {
     if (s.cfg.unbiased && s.q) return s.q;
     // The site keeps q across steps: never put it in a per-step arena.
@@ -141,140 +130,6 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     }
 }
 
-void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
-    PackScope scope(active_policy().get(), W.get());
-    if (scope.exact()) return scope.pack_exact(slot, x2d);
-    Policy *pol = scope.pol;
-    const PolicyConfig &c = pol->cfg;
-    Tensor x = contiguous(x2d);
-    const int64_t B = x->shape[0], n = x->shape[1];
-    std::shared_ptr<SiteState> site = site_for(*pol, W, n);
-    std::lock_guard<std::mutex> site_lock(site->mu);
-    Estimator est = c.estimator;
-    if (c.kind == PolicyKind::SPAD && c.sampled_scores && (pol->step - 1) % c.refresh == 0 && site->acc_steps > 0) {
-        // Score now, follow later: the estimates gathered since the last refresh become q.
-        for (double &a : site->acc) a /= (double)site->acc_steps;
-        set_scores(*site, site->acc);
-        site->acc.assign(n, 0.0);
-        site->acc_steps = 0;
-    }
-    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step(pol->step))) {
-        slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
-        slot.mode = (uint8_t)Estimator::SCORING;
-        slot.ctx = payload_ctx(site, scope.step);
-        return;
-    }
-    if (est == Estimator::SPAD_MAG && rad_block_size(kMagnitudeBlock, keep_count(c.keep, n)) >= kMagnitudeBlock) {
-        pack_magnitude_blocks(*pol, slot, x, kMagnitudeBlock);
-        slot.mode = (uint8_t)Estimator::MAG_BLOCK;
-        slot.ctx = payload_ctx(site, scope.step);
-        return;
-    }
-    if (est == Estimator::RAD_BLOCK) {
-        const int64_t bsz = rad_block_size(c.block, keep_count(c.keep, n));
-        if (bsz > 1) {
-            pack_rad_blocks(*pol, slot, x, bsz);
-            slot.mode = (uint8_t)est;
-            slot.ctx = payload_ctx(site, scope.step);
-            return;
-        }
-        est = Estimator::RAD_DIFF;  // too narrow for blocks
-    }
-    Tensor values, aux;
-    int64_t k = keep_count(c.keep, n);
-    double scale = 1.0;
-    RandomStream rs{};
-    SPAD_FLOAT(x->dtype, T, {
-        const T *px = x->data<T>();
-        switch (est) {
-            case Estimator::RAD_DIFF:
-            case Estimator::SPAD: {
-                rs = reserve(*pol, (uint64_t)(B * k));
-                Tensor q;
-                std::unique_ptr<Alias> al;
-                if (est == Estimator::SPAD) {
-                    q = q_of(*site);
-                    al.reset(new Alias(q->data<double>(), n));
-                    aux = q;  // counted once per storage: shared by every payload until rescoring
-                }
-                std::vector<T> w(n, T(1));  // importance weights 1/(k q_i); uniform: folded into scale
-                if (q)
-                    for (int64_t i = 0; i < n; ++i) w[i] = (T)(1.0 / ((double)k * q->data<double>()[i]));
-                FeatureDraw draw{est, rs, n, al.get()};
-                values = empty({B, k}, x->dtype);
-                T *pv = values->data<T>();
-                for (int64_t b = 0, e = 0; b < B; ++b)
-                    for (int64_t s = 0; s < k; ++s, ++e) {
-                        const int64_t i = draw(e);
-                        pv[e] = px[b * n + i] * w[i];
-                    }
-                scale = q ? 1.0 : (double)n / (double)k;
-                break;
-            }
-            case Estimator::RAD_SAME: {
-                rs = reserve(*pol, (uint64_t)k);
-                std::vector<int64_t> idx(k);
-                for (int64_t s = 0; s < k; ++s) idx[s] = rs.below((uint64_t)s, (uint32_t)n);
-                values = gather_cols<T>(x, idx);
-                scale = (double)n / (double)k;
-                break;
-            }
-            case Estimator::PROJECT: {
-                rs = reserve(*pol, (uint64_t)(n * k));
-                Tensor R = rademacher_matrix<T>(rs, n, k, x->dtype);
-                values = empty({B, k}, x->dtype);
-                gemm(false, false, B, k, n, T(1), px, n, R->data<T>(), k, T(0), values->data<T>(), k);
-                scale = 1.0 / (double)k;
-                break;
-            }
-            case Estimator::SPAD_MAG: {
-                // Equal tape bytes: keep*n values of this dtype per row buy this many 2-byte
-                // (4-byte when n > 32767) signed indices, less one scale per row.
-                const int64_t isz = (int64_t)dtype_size(x->dtype), eb = n > 32767 ? 4 : 2;
-                k = std::max<int64_t>(1, ((int64_t)std::llround(c.keep * (double)n) * isz - isz) / eb);
-                rs = reserve(*pol, (uint64_t)B);
-                values = empty({B * k * eb}, DType::U8);
-                aux = empty({B}, x->dtype);
-                T *scale_b = aux->data<T>();
-                if (eb == 2)
-                    magnitude_paths<T, int16_t>(px, B, n, k, rs, values->data<int16_t>(), scale_b);
-                else
-                    magnitude_paths<T, int32_t>(px, B, n, k, rs, values->data<int32_t>(), scale_b);
-                break;
-            }
-            case Estimator::SPAD_TOPK: {
-                std::vector<int64_t> order(n);
-                std::iota(order.begin(), order.end(), 0);
-                std::stable_sort(order.begin(), order.end(),
-                                 [&](int64_t a, int64_t b) { return site->score[a] > site->score[b]; });
-                order.resize(k);
-                values = gather_cols<T>(x, order);
-                aux = index_tensor(order);
-                break;
-            }
-            case Estimator::CRS:
-            case Estimator::BERNOULLI: {
-                std::vector<int64_t> rows;
-                std::vector<double> w;
-                rs = select_rows(*pol, *site, x, B, n, rows, w);
-                k = (int64_t)rows.size();
-                values = weighted_rows(x, n, rows, w, {k, n});
-                aux = index_tensor(rows);
-                break;
-            }
-            default:
-                throw RuntimeError("sampling: unknown estimator");
-        }
-    });
-    slot.pack_sampled(values, aux, x2d);
-    slot.seed = rs.seed;
-    slot.counter = rs.counter;
-    slot.k = k;
-    slot.scale = scale;
-    slot.mode = (uint8_t)est;
-    slot.ctx = payload_ctx(site, scope.step);
-}
-
 // SPAD score of feature j: sqrt(sum_b x_bj^2 ||dy_b||^2), the variance-optimal static
 // q for per-example feature sampling (DESIGN.md §1). `sq` holds the sums under the root.
 static void set_scores(SiteState &s, const std::vector<double> &sq) {
@@ -322,9 +177,306 @@ static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B
     s.acc_steps++;
 }
 
+// ---- the payload families (Note [Sampled payloads] in saved.h) --------------------------
+// Per-example features, entry e = b*k + s: dW[i_e, :] += scale * v_e * dy_b (features.cpp's
+// kernel). The feature of each entry: regenerated uniformly (RAD "different"), drawn from
+// the site's q and regenerated from the stored q (SPAD), or stored as a signed code (magnitude).
+template <class Draw>
+static Tensor feature_grad(const Tensor &g, const Tensor &values, const Shape &wshape, int64_t k, double scale,
+                           std::vector<int32_t> &feat, Draw draw) {
+    const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
+    feat.resize(B * k);
+    for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
+    Tensor dW = empty(wshape, g->dtype);  // every row is written
+    SPAD_FLOAT(g->dtype, T, { scatter_features(dW->data<T>(), nf, m, g->data<T>(), values->data<T>(), B, k, scale, feat); });
+    return dW;
+}
+
+// RAD "different": x[b, i] with i uniform, scale n/k.
+struct UniformFeatures final : WeightPayload {
+    Tensor values;  // (B, k)
+    int64_t k = 0;
+    std::vector<Tensor> kept() const override { return {values}; }
+    Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        const int64_t nf = wshape[0];
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
+        std::vector<int32_t> feat;
+        return feature_grad(g, values, wshape, k, (double)nf / (double)k, feat,
+                            [&](int64_t e) { return (int64_t)draws.below((uint64_t)e, (uint32_t)nf); });
+    }
+};
+
+// SPAD: x[b, i] / (k q_i) with i ~ q (alias draws); its backward also feeds the site's
+// sampled scores.
+struct ScoredFeatures final : WeightPayload {
+    Tensor values;  // (B, k), weighted
+    Tensor q;       // the site's distribution: counted once per storage, shared until rescoring
+    int64_t k = 0;
+    std::vector<Tensor> kept() const override { return {values, q}; }
+    Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const override {
+        const Alias al(q->data<double>(), wshape[0]);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
+        std::vector<int32_t> feat;
+        Tensor dW = feature_grad(g, values, wshape, k, 1.0, feat, [&](int64_t e) { return al.draw(draws, (uint64_t)e); });
+        if (site.cfg.sampled_scores) {
+            std::lock_guard<std::mutex> lk(site.mu);
+            SPAD_FLOAT(g->dtype, T, {
+                accumulate_scores(site, values->data<T>(), g->data<T>(), g->shape[0], k, wshape[1], q->data<double>(), feat);
+            });
+        }
+        return dW;
+    }
+};
+
+// SPAD magnitude paths (narrow layers): entry e is the code ±(i+1) of feature i (2 bytes,
+// 4 when n > 32767), worth ±||x_b||_1 / k (row_scale[b]).
+struct MagnitudeFeatures final : WeightPayload {
+    Tensor codes;      // U8: B*k int16 or int32 codes
+    Tensor row_scale;  // (B), the input's dtype
+    int64_t k = 0;
+    std::vector<Tensor> kept() const override { return {codes, row_scale}; }
+    Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        const int64_t B = g->shape[0];
+        const bool wide = codes->numel() == 4 * B * k;
+        const uint8_t *pc = codes->data<uint8_t>();
+        std::vector<int32_t> feat(B * k);
+        Tensor dW;
+        SPAD_FLOAT(g->dtype, T, {
+            const T *scale_b = row_scale->data<T>();
+            std::vector<T> v(B * k);
+            for (int64_t e = 0; e < B * k; ++e) {
+                int64_t code;
+                if (wide) {
+                    int32_t c32;
+                    std::memcpy(&c32, pc + 4 * e, 4);
+                    code = c32;
+                } else {
+                    int16_t c16;
+                    std::memcpy(&c16, pc + 2 * e, 2);
+                    code = c16;
+                }
+                feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
+                v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
+            }
+            dW = empty(wshape, g->dtype);
+            scatter_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat);
+        });
+        return dW;
+    }
+};
+
+// Columns shared by the batch, x[:, idx] (B x k): dW[idx_s, :] += scale * (x[:, idx]^T dy)[s, :],
+// a real GEMM over k features. idx: uniform with replacement, regenerated (RAD "same", scale
+// n/k), or the top-scored features, stored (SPAD top-k, scale 1: biased).
+struct SharedColumnsPayload final : WeightPayload {
+    Tensor values;  // (B, k)
+    Tensor top;     // I64 (k) or null
+    int64_t k = 0;
+    double scale = 1.0;
+    std::vector<Tensor> kept() const override { return {values, top}; }
+    Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
+        Tensor dW = zeros(wshape, g->dtype);
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
+        SPAD_FLOAT(g->dtype, T, {
+            Tensor G = empty({k, m}, g->dtype);
+            gemm(true, false, k, m, B, T(1), values->data<T>(), k, g->data<T>(), m, T(0), G->data<T>(), m);
+            const T *pG = G->data<T>();
+            T *pw = dW->data<T>();
+            const int64_t *pt = top ? top->data<int64_t>() : nullptr;
+            for (int64_t s = 0; s < k; ++s) {
+                const int64_t i = pt ? pt[s] : (int64_t)draws.below((uint64_t)s, (uint32_t)nf);
+                for (int64_t j = 0; j < m; ++j) pw[i * m + j] += (T)scale * pG[s * m + j];
+            }
+        });
+        return dW;
+    }
+};
+
+// Rademacher projection: x R (B x k), dW = R (x R)^T dy / k with R regenerated.
+struct ProjectionPayload final : WeightPayload {
+    Tensor values;  // (B, k)
+    int64_t k = 0;
+    std::vector<Tensor> kept() const override { return {values}; }
+    Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
+        Tensor dW = empty(wshape, g->dtype);
+        SPAD_FLOAT(g->dtype, T, {
+            Tensor G = empty({k, m}, g->dtype);
+            gemm(true, false, k, m, B, T(1), values->data<T>(), k, g->data<T>(), m, T(0), G->data<T>(), m);
+            Tensor R = rademacher_matrix<T>(RandomStream(rs.seed, rs.counter, rs.stream), nf, k, g->dtype);
+            gemm(false, false, nf, m, k, (T)(1.0 / (double)k), R->data<T>(), k, G->data<T>(), m, T(0), dW->data<T>(), m);
+        });
+        return dW;
+    }
+};
+
+// Batch rows (CRS, Bernoulli): the kept rows of x, each times its weight, and their
+// positions: dW = x_kept^T dy[rows]. CRS remembers ||dy_b|| for the next step's scores.
+struct RowPayload final : WeightPayload {
+    Tensor values;  // (s, n), weighted
+    Tensor rows;    // I64 (s)
+    bool crs = false;
+    std::vector<Tensor> kept() const override { return {values, rows}; }
+    Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const override {
+        const int64_t nf = wshape[0], m = wshape[1], s = rows->numel();
+        Tensor dW = empty(wshape, g->dtype);
+        Tensor gs = gather_rows(g, m, rows, {s, m});
+        SPAD_FLOAT(g->dtype, T, {
+            gemm(true, false, nf, m, s, T(1), values->data<T>(), nf, gs->data<T>(), m, T(0), dW->data<T>(), m);
+        });
+        if (crs) remember_dy_norms(site, g, g->shape[0], m);  // (locks the site)
+        return dW;
+    }
+};
+
+// ---- forward: pack ----------------------------------------------------------------------
+template <class T>
+static std::unique_ptr<WeightPayload> pack_features(Policy &pol, SiteState &site, const Tensor &x, Estimator est) {
+    const int64_t B = x->shape[0], n = x->shape[1], k = keep_count(pol.cfg.keep, n);
+    const T *px = x->data<T>();
+    const RandomStream rs = reserve(pol, (uint64_t)(B * k));
+    Tensor values = empty({B, k}, x->dtype);
+    T *pv = values->data<T>();
+    if (est == Estimator::RAD_DIFF) {
+        for (int64_t b = 0, e = 0; b < B; ++b)
+            for (int64_t s = 0; s < k; ++s, ++e) pv[e] = px[b * n + rs.below((uint64_t)e, (uint32_t)n)];
+        auto p = std::make_unique<UniformFeatures>();
+        p->values = values, p->rs = rs, p->k = k;
+        return p;
+    }
+    Tensor q = q_of(site);
+    const double *pq = q->data<double>();
+    const Alias al(pq, n);
+    std::vector<T> w(n);  // importance weights 1/(k q_i)
+    for (int64_t i = 0; i < n; ++i) w[i] = (T)(1.0 / ((double)k * pq[i]));
+    for (int64_t b = 0, e = 0; b < B; ++b)
+        for (int64_t s = 0; s < k; ++s, ++e) {
+            const int64_t i = al.draw(rs, (uint64_t)e);
+            pv[e] = px[b * n + i] * w[i];
+        }
+    auto p = std::make_unique<ScoredFeatures>();
+    p->values = values, p->q = q, p->rs = rs, p->k = k;
+    return p;
+}
+
+template <class T>
+static std::unique_ptr<WeightPayload> pack_magnitude(Policy &pol, const Tensor &x) {
+    const int64_t B = x->shape[0], n = x->shape[1];
+    // Equal tape bytes: keep*n values of this dtype per row buy this many 2-byte (4-byte
+    // when n > 32767) signed indices, less one scale per row.
+    const int64_t isz = (int64_t)dtype_size(x->dtype), eb = n > 32767 ? 4 : 2;
+    const int64_t k = std::max<int64_t>(1, ((int64_t)std::llround(pol.cfg.keep * (double)n) * isz - isz) / eb);
+    auto p = std::make_unique<MagnitudeFeatures>();
+    p->rs = reserve(pol, (uint64_t)B);
+    p->k = k;
+    p->codes = empty({B * k * eb}, DType::U8);
+    p->row_scale = empty({B}, x->dtype);
+    T *scale_b = p->row_scale->data<T>();
+    if (eb == 2)
+        magnitude_paths<T, int16_t>(x->data<T>(), B, n, k, p->rs, p->codes->data<int16_t>(), scale_b);
+    else
+        magnitude_paths<T, int32_t>(x->data<T>(), B, n, k, p->rs, p->codes->data<int32_t>(), scale_b);
+    return p;
+}
+
+template <class T>
+static std::unique_ptr<WeightPayload> pack_shared_columns(Policy &pol, SiteState &site, const Tensor &x, Estimator est) {
+    const int64_t n = x->shape[1], k = keep_count(pol.cfg.keep, n);
+    auto p = std::make_unique<SharedColumnsPayload>();
+    p->k = k;
+    std::vector<int64_t> idx(k);
+    if (est == Estimator::RAD_SAME) {
+        p->rs = reserve(pol, (uint64_t)k);
+        for (int64_t s = 0; s < k; ++s) idx[s] = p->rs.below((uint64_t)s, (uint32_t)n);
+        p->scale = (double)n / (double)k;
+    } else {  // SPAD_TOPK
+        std::vector<int64_t> order(n);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return site.score[a] > site.score[b]; });
+        order.resize(k);
+        idx = order;
+        p->top = index_tensor(order);
+    }
+    p->values = gather_cols<T>(x, idx);
+    return p;
+}
+
+template <class T> static std::unique_ptr<WeightPayload> pack_projection(Policy &pol, const Tensor &x) {
+    const int64_t B = x->shape[0], n = x->shape[1], k = keep_count(pol.cfg.keep, n);
+    auto p = std::make_unique<ProjectionPayload>();
+    p->rs = reserve(pol, (uint64_t)(n * k));
+    p->k = k;
+    Tensor R = rademacher_matrix<T>(p->rs, n, k, x->dtype);
+    p->values = empty({B, k}, x->dtype);
+    gemm(false, false, B, k, n, T(1), x->data<T>(), n, R->data<T>(), k, T(0), p->values->data<T>(), k);
+    return p;
+}
+
+static std::unique_ptr<WeightPayload> pack_rows(Policy &pol, SiteState &site, const Tensor &x) {
+    const int64_t B = x->shape[0], n = x->shape[1];
+    std::vector<int64_t> rows;
+    std::vector<double> w;
+    auto p = std::make_unique<RowPayload>();
+    p->rs = select_rows(pol, site, x, B, n, rows, w);
+    p->values = weighted_rows(x, n, rows, w, {(int64_t)rows.size(), n});
+    p->rows = index_tensor(rows);
+    p->crs = pol.cfg.estimator == Estimator::CRS;
+    return p;
+}
+
+void pack_weight_input(Node &, SavedTensor &slot, const Tensor &x2d, const Tensor &W) {
+    PackScope scope(active_policy().get(), W.get());
+    if (scope.exact()) return scope.pack_exact(slot, x2d);
+    Policy *pol = scope.pol;
+    const PolicyConfig &c = pol->cfg;
+    Tensor x = contiguous(x2d);
+    const int64_t n = x->shape[1];
+    std::shared_ptr<SiteState> site = site_for(*pol, W, n);
+    std::lock_guard<std::mutex> site_lock(site->mu);
+    if (c.kind == PolicyKind::SPAD && c.sampled_scores && (pol->step - 1) % c.refresh == 0 && site->acc_steps > 0) {
+        // Score now, follow later: the estimates gathered since the last refresh become q.
+        for (double &a : site->acc) a /= (double)site->acc_steps;
+        set_scores(*site, site->acc);
+        site->acc.assign(n, 0.0);
+        site->acc_steps = 0;
+    }
+    if (c.kind == PolicyKind::SPAD && !c.sampled_scores && (site->score.empty() || pol->scoring_step(pol->step))) {
+        slot.pack_exact(x2d);  // a scoring pass: exact input, scores refreshed in backward
+        slot.ctx = payload_ctx(site, scope.step, /*scoring=*/true);
+        return;
+    }
+    // The policy's estimator picks the family; a layer too narrow for blocks draws single features.
+    Estimator est = c.estimator;
+    const int64_t k = keep_count(c.keep, n);
+    std::unique_ptr<WeightPayload> p;
+    if (est == Estimator::SPAD_MAG && rad_block_size(kMagnitudeBlock, k) >= kMagnitudeBlock)
+        p = pack_magnitude_blocks(*pol, x, kMagnitudeBlock);
+    else if (est == Estimator::RAD_BLOCK && rad_block_size(c.block, k) > 1)
+        p = pack_rad_blocks(*pol, x, rad_block_size(c.block, k));
+    else if (est == Estimator::CRS || est == Estimator::BERNOULLI)
+        p = pack_rows(*pol, *site, x);
+    else {
+        if (est == Estimator::RAD_BLOCK) est = Estimator::RAD_DIFF;
+        SPAD_FLOAT(x->dtype, T, {
+            switch (est) {
+                case Estimator::RAD_DIFF:
+                case Estimator::SPAD: p = pack_features<T>(*pol, *site, x, est); break;
+                case Estimator::SPAD_MAG: p = pack_magnitude<T>(*pol, x); break;
+                case Estimator::RAD_SAME:
+                case Estimator::SPAD_TOPK: p = pack_shared_columns<T>(*pol, *site, x, est); break;
+                case Estimator::PROJECT: p = pack_projection<T>(*pol, x); break;
+                default: throw RuntimeError("sampling: unknown estimator");
+            }
+        });
+    }
+    slot.pack_sampled(std::move(p), x2d);
+    slot.ctx = payload_ctx(site, scope.step);
+}
+
 void note_exact_read(const SavedTensor &slot, const Tensor &x, const Tensor &g2d) {
     mark_read(slot);
-    if (slot.ctx && slot.mode == (uint8_t)Estimator::SCORING) {
+    if (slot.ctx && ctx_of(slot)->scoring) {
         SiteState &site = *site_of(slot);
         std::lock_guard<std::mutex> lk(site.mu);
         rescore(site, x, g2d);
@@ -335,88 +487,7 @@ Tensor sampled_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, 
     const char *op = op_name(n.op);
     check_first_order(slot, op);
     mark_read(slot);
-    SiteState &site = *site_of(slot);
-    const Estimator est = (Estimator)slot.mode;
-    Tensor g = contiguous(g2d);
-    if (est == Estimator::RAD_BLOCK || est == Estimator::MAG_BLOCK) return rad_block_weight_grad(slot, g, wshape);
-    const Tensor &vals = slot.value;
-    const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0], k = slot.k;
-    // The per-example estimators write every row of dW themselves; the others accumulate into zeros.
-    const bool writes_all = est != Estimator::RAD_SAME && est != Estimator::SPAD_TOPK;
-    Tensor dW = writes_all ? empty(wshape, g->dtype) : zeros(wshape, g->dtype);
-    const RandomStream rs = stream_of(slot);
-    SPAD_FLOAT(g->dtype, T, {
-        const T *pg = g->data<T>(), *pv = vals->data<T>();
-        T *pw = dW->data<T>();
-        switch (est) {
-            case Estimator::RAD_DIFF:
-            case Estimator::SPAD: {
-                std::unique_ptr<Alias> al;
-                if (est == Estimator::SPAD) al.reset(new Alias(slot.aux->data<double>(), nf));
-                const FeatureDraw draw{est, rs, nf, al.get()};
-                std::vector<int32_t> feat(B * k);
-                for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
-                scatter_features(pw, nf, m, pg, pv, B, k, slot.scale, feat);
-                if (est == Estimator::SPAD && site.cfg.sampled_scores) {
-                    std::lock_guard<std::mutex> lk(site.mu);
-                    accumulate_scores(site, pv, pg, B, k, m, slot.aux->data<double>(), feat);
-                }
-                break;
-            }
-            case Estimator::SPAD_MAG: {
-                const bool wide = vals->numel() == 4 * B * k;
-                const uint8_t *codes = vals->data<uint8_t>();
-                const T *scale_b = slot.aux->data<T>();
-                std::vector<T> v(B * k);
-                std::vector<int32_t> feat(B * k);
-                for (int64_t e = 0; e < B * k; ++e) {
-                    int64_t code;
-                    if (wide) {
-                        int32_t c32;
-                        std::memcpy(&c32, codes + 4 * e, 4);
-                        code = c32;
-                    } else {
-                        int16_t c16;
-                        std::memcpy(&c16, codes + 2 * e, 2);
-                        code = c16;
-                    }
-                    feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
-                    v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
-                }
-                scatter_features(pw, nf, m, pg, v.data(), B, k, 1.0, feat);
-                break;
-            }
-            case Estimator::RAD_SAME:
-            case Estimator::SPAD_TOPK: {
-                Tensor G = empty({k, m}, g->dtype);  // x[:, idx]^T g: a real GEMM over k features
-                gemm(true, false, k, m, B, T(1), pv, k, pg, m, T(0), G->data<T>(), m);
-                const T *pG = G->data<T>();
-                const int64_t *top = est == Estimator::SPAD_TOPK ? slot.aux->data<int64_t>() : nullptr;
-                for (int64_t s = 0; s < k; ++s) {
-                    const int64_t i = top ? top[s] : (int64_t)rs.below((uint64_t)s, (uint32_t)nf);
-                    for (int64_t j = 0; j < m; ++j) pw[i * m + j] += (T)slot.scale * pG[s * m + j];
-                }
-                break;
-            }
-            case Estimator::PROJECT: {
-                Tensor G = empty({k, m}, g->dtype);
-                gemm(true, false, k, m, B, T(1), pv, k, pg, m, T(0), G->data<T>(), m);
-                Tensor R = rademacher_matrix<T>(rs, nf, k, g->dtype);
-                gemm(false, false, nf, m, k, (T)slot.scale, R->data<T>(), k, G->data<T>(), m, T(0), pw, m);
-                break;
-            }
-            case Estimator::CRS:
-            case Estimator::BERNOULLI: {
-                Tensor gs = gather_rows(g, m, slot.aux, {k, m});
-                gemm(true, false, nf, m, k, T(1), pv, nf, gs->data<T>(), m, T(0), pw, m);
-                if (est == Estimator::CRS) remember_dy_norms(site, g, B, m);  // stale scores for the next step (locks)
-                break;
-            }
-            default:
-                throw RuntimeError(str(op, ": unknown sampled payload"));
-        }
-    });
-    return dW;
+    return payload_as<WeightPayload>(slot, op).weight_grad(*site_of(slot), contiguous(g2d), wshape);
 }
 
 Tensor output_grad_for_dx(const SavedTensor &slot, const Tensor &g2d) {
@@ -428,7 +499,8 @@ Tensor output_grad_for_dx(const SavedTensor &slot, const Tensor &g2d) {
     const SiteState &site = *site_of(slot);
     Tensor g = contiguous(g2d);
     const int64_t B = g->shape[0], m = g->shape[1], km = keep_count(site.cfg.keep, m);
-    const RandomStream rs = stream_of(slot, 1);
+    const RandomStream &ps = payload_as<WeightPayload>(slot, "linear").rs;  // the pack's draws, stream 1
+    const RandomStream rs(ps.seed, ps.counter, 1);
     Tensor gh = zeros(g->shape, g->dtype);
     SPAD_FLOAT(g->dtype, T, {
         const T *pg = g->data<T>();

@@ -5,30 +5,41 @@
 // An op whose saved tensor feeds only a leaf's gradient (the input x of y = x @ W, used
 // only for dW = x^T dy; linear, matmul with a 2-D weight on either side, conv2d, a * x with
 // a leaf) asks pack_*() to save it. With no active policy this is an exact save. A policy
-// instead stores a sampled payload (values + RNG seed/counter + scale, plus small per-site
-// data where a non-uniform distribution needs it) from which sampled_weight_grad()
+// instead stores a sampled payload (one type per estimator family, listed below: the kept
+// values, the RNG stream that regenerates what need not be stored, and small per-site data
+// where a non-uniform distribution needs it) from which sampled_weight_grad()
 // computes the dW estimate directly, without densifying x: the work is proportional to
 // what was kept. Exact payloads are read by the ops' own exact backward.
 //
-// Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B):
+// Estimators (DESIGN.md §1; n input features, B batch rows, k = keep*n, s = keep*B), and
+// the payload family each packs (Note [Sampled payloads] in saved.h; each family owns its
+// pack, its weight_grad and the tensors it keeps):
 //   RAD_DIFF   per-example uniform feature indices, with replacement, scale n/k
+//              -> UniformFeatures (linear.cpp)
 //   RAD_BLOCK  the same in blocks of `block` consecutive features: variance (n-block)/k * ...,
-//              backward at GEMM-like speed (blocks.cpp)
+//              backward at GEMM-like speed -> BlockPayload (blocks.cpp); narrow layers
+//              fall back to UniformFeatures
 //   RAD_SAME   feature indices shared by the batch: dW rows = (n/k) x[:,idx]^T dy (GEMM)
-//   PROJECT    Rademacher projection: store x R (B x k), dW = R (xR)^T dy / k
+//              -> SharedColumnsPayload
+//   PROJECT    Rademacher projection: store x R (B x k), dW = R (xR)^T dy / k -> ProjectionPayload
 //   CRS        batch rows: top-C by ||x_b||*||dy_b|| (stale dy) + rest drawn ∝ score, weight 1/(s q_b)
-//   BERNOULLI  batch rows kept independently with probability p, weight 1/p
+//              -> RowPayload
+//   BERNOULLI  batch rows kept independently with probability p, weight 1/p -> RowPayload
 //   SPAD       per-example feature indices drawn from q = (1-mix) score/sum + mix/n, weight 1/(k q)
+//              -> ScoredFeatures (its backward also accumulates the sampled scores)
 //   SPAD_MAG   per-example feature paths drawn ∝ |x_bj| (the variance-optimal per-example
 //              distribution, known in forward; systematic draws over the |x_b| mass, one
 //              uniform per example): each kept entry is sign(x_bj) * ||x_b||_1 / k,
 //              so the tape holds a 2-byte signed index per entry + one scale per row, and
 //              `keep` buys twice the entries RAD gets for the same bytes (narrow layers)
-//   MAG_BLOCK  SPAD_MAG on wide layers: blocks of 16 features drawn ∝ their L2 norm
-//              (blocks.cpp), values scaled and stored, backward by RAD's block kernel
+//              -> MagnitudeFeatures; on wide layers blocks of 16 features drawn ∝ their
+//              L2 norm, values scaled and stored -> BlockPayload with stored blocks
 //   SPAD_TOPK  biased: the k top-scored features, no reweighting (backprop dropout)
-//   SCORING    an exact save whose backward pass refreshes a site's feature scores
-//              (SPAD with exact scoring; by default SPAD scores from its sampled passes)
+//              -> SharedColumnsPayload with stored indices
+// SPAD with exact scoring (sampled_scores=False) saves x exactly on scoring passes; that
+// payload's backward refreshes the site's scores (PayloadCtx::scoring).
+// conv2d packs PixelPayload (RAD/SPAD) or ExamplePayload (CRS/Bernoulli) (conv.cpp); the
+// sampled elementwise factor packs ElementPayload (elementwise.cpp).
 // The placement rule (inject once, next to the parameter; dx stays exact) is the
 // default; placement="everywhere" also samples dy's columns before dx = dy W^T.
 #pragma once
@@ -44,8 +55,7 @@ namespace spad {
 
 enum class PolicyKind : uint8_t { EXACT, RAD, CRS, SPAD };
 enum class Estimator : uint8_t {
-    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SCORING, ELEMENT, SPAD_MAG, RAD_BLOCK,
-    MAG_BLOCK
+    EXACT, RAD_DIFF, RAD_SAME, PROJECT, CRS, BERNOULLI, SPAD, SPAD_TOPK, SPAD_MAG, RAD_BLOCK
 };
 
 struct PolicyConfig {
