@@ -235,26 +235,31 @@ static void test_sampled_step_needs_less_arena() {
 }
 
 // One step in measure mode gives the exact arena size the same step needs.
+// One step of a fresh MLP in measure mode: the arena sizes it needs.
+static void measure_step(const int32_t *sizes, int32_t n, uint64_t seed, const Data &d, int32_t in_backward,
+                         int64_t *need_step, int64_t *need_persist) {
+    spad_ctx_t *ctx = nullptr;
+    spad_ctx_params p = spad_ctx_default_params();
+    p.measure = 1;
+    p.update_in_backward = in_backward;
+    OK(spad_ctx_init(&p, &ctx));
+    CtxGuard g(ctx);
+    spad_model_t *m = nullptr;
+    OK(spad_model_mlp(ctx, sizes, n, seed, &m));
+    double loss;
+    OK(step(ctx, m, d, (int64_t)d.y.size(), 0.1, &loss));
+    spad_arena_stats st;
+    OK(spad_ctx_arena_stats(ctx, &st));
+    CHECK(st.step_capacity == -1);
+    *need_step = st.step_high_water;
+    *need_persist = st.persistent_high_water;
+}
+
 static void test_measure_mode() {
     Data d = xor_data(64, 12);
     const int32_t sizes[3] = {2, 48, 2};
     int64_t need_step = 0, need_persist = 0;
-    {
-        spad_ctx_t *ctx = nullptr;
-        spad_ctx_params p = spad_ctx_default_params();
-        p.measure = 1;
-        OK(spad_ctx_init(&p, &ctx));
-        CtxGuard g(ctx);
-        spad_model_t *m = nullptr;
-        OK(spad_model_mlp(ctx, sizes, 3, 13, &m));
-        double loss;
-        OK(step(ctx, m, d, 64, 0.1, &loss));
-        spad_arena_stats st;
-        OK(spad_ctx_arena_stats(ctx, &st));
-        CHECK(st.step_capacity == -1);
-        need_step = st.step_high_water;
-        need_persist = st.persistent_high_water;
-    }
+    measure_step(sizes, 3, 13, d, 0, &need_step, &need_persist);
     CHECK(need_step > 0 && need_persist > 0);
     // Measure mode's high-water mark is enough for a fixed arena. It is an upper bound,
     // not always the exact minimum: near its capacity a fixed arena fills holes that a
@@ -360,6 +365,15 @@ static void test_allocation_accounting() {
     }
 }
 
+// A context in the static arenas, updating in backward or not.
+static spad_ctx_t *ctx_in_arenas(int32_t update_in_backward) {
+    spad_ctx_params p = arena_params();
+    p.update_in_backward = update_in_backward;
+    spad_ctx_t *ctx = nullptr;
+    CHECK(spad_ctx_init(&p, &ctx) == SPAD_OK);
+    return ctx;
+}
+
 // params.update_in_backward: the same SGD arithmetic, applied during backward, gives
 // bitwise the same parameters and a lower step arena peak (one weight gradient alive at
 // a time instead of all of them). Sampled (RAD keep 0.1, same seed): there the peak is in
@@ -370,10 +384,7 @@ static void test_update_in_backward() {
     std::vector<float> after[2];
     int64_t peak[2];
     for (int on = 0; on < 2; ++on) {
-        spad_ctx_t *ctx = nullptr;
-        spad_ctx_params p = arena_params();
-        p.update_in_backward = on;
-        OK(spad_ctx_init(&p, &ctx));
+        spad_ctx_t *ctx = ctx_in_arenas(on);
         CtxGuard g(ctx);
         spad_model_t *m = nullptr;
         OK(spad_model_mlp(ctx, sizes, 5, 42, &m));
@@ -405,10 +416,7 @@ static void test_update_in_backward() {
 // the last layer's gradients are +-1, but dW1 = x * 2e30 overflows to inf.
 static void test_nonfinite_gradient_in_backward() {
     for (int on = 0; on < 2; ++on) {
-        spad_ctx_t *ctx = nullptr;
-        spad_ctx_params p = arena_params();
-        p.update_in_backward = on;
-        OK(spad_ctx_init(&p, &ctx));
+        spad_ctx_t *ctx = ctx_in_arenas(on);
         CtxGuard g(ctx);
         const int32_t sizes[3] = {1, 1, 2};
         spad_model_t *m = nullptr;
@@ -453,6 +461,39 @@ static void test_nonfinite_gradient_in_backward() {
     }
 }
 
+// A full arena with updates in backward: whatever the point of failure, the message tells
+// the truth about the parameters (updated iff it says some were). Arenas from the size a
+// measured step needs down to half of it, in 256-byte steps.
+static void test_arena_full_in_backward() {
+    Data d = xor_data(64, 14);
+    const int32_t sizes[4] = {2, 48, 48, 2};
+    int64_t need_step = 0, need_persist = 0;
+    measure_step(sizes, 4, 15, d, 1, &need_step, &need_persist);
+    int partial = 0, untouched = 0;
+    for (int64_t bytes = need_step; bytes > need_step / 2; bytes -= 256) {
+        spad_ctx_t *ctx = nullptr;
+        spad_ctx_params p = spad_ctx_default_params();
+        p.step_arena_bytes = (size_t)bytes;
+        p.persistent_arena_bytes = (size_t)need_persist;
+        p.update_in_backward = 1;
+        OK(spad_ctx_init(&p, &ctx));
+        CtxGuard g(ctx);
+        spad_model_t *m = nullptr;
+        OK(spad_model_mlp(ctx, sizes, 4, 15, &m));
+        const std::vector<float> before = snapshot(ctx, m);
+        double loss;
+        const spad_status s = step(ctx, m, d, 64, 0.1, &loss);
+        if (s == SPAD_OK) continue;
+        CHECK(s == SPAD_ERR_ALLOC);
+        const bool says_updated = g_step_error.find("were already updated") != std::string::npos;
+        CHECK(says_updated == (snapshot(ctx, m) != before));
+        (says_updated ? partial : untouched)++;
+    }
+    std::printf("test_arena_full_in_backward: %d arenas failed with some parameters updated, %d untouched\n",
+                partial, untouched);
+    CHECK(partial + untouched > 0);
+}
+
 int main() {
     test_arena_reuse();
     test_arena_exhausted();
@@ -464,6 +505,7 @@ int main() {
     test_allocation_accounting();
     test_update_in_backward();
     test_nonfinite_gradient_in_backward();
+    test_arena_full_in_backward();
     if (g_failures) {
         std::fprintf(stderr, "test_embedded: %d of %d checks failed\n", g_failures, g_checks);
         return 1;
