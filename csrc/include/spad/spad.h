@@ -89,7 +89,7 @@ typedef struct spad_ctx_params {
  *   from the two buffers (16-byte aligned blocks; freed blocks are reused at once, so the
  *   step arena's high-water mark is what a step really keeps alive). Small bookkeeping
  *   (handles, tape nodes, shapes) still uses the heap. A full arena makes the call fail
- *   with SPAD_ERR_ALLOC and changes nothing; so does an exceeded tape budget
+ *   with SPAD_ERR_ALLOC and changes nothing (but see update_in_backward); so does an exceeded tape budget
  *   (SPAD_ERR_BUDGET). spad_ctx_rewind() resets the step arena once no handle uses it.
  *   To size the arenas: run one step with params.measure = 1 and read the high-water
  *   marks; keep some slack for sampling (payload sizes vary a little between steps). */
