@@ -32,6 +32,7 @@ struct spad_ctx {
     std::vector<std::unique_ptr<spad_tensor>> owned;
     std::vector<spad_model *> models;  // owned; freed before the arenas
     std::shared_ptr<spad::Policy> policy;  // null = exact
+    bool update_in_backward = false;       // spad_ctx_params.update_in_backward
 };
 
 namespace spad_capi {

@@ -287,7 +287,9 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
             for (const spad::Tensor &p : ps) p->grad.reset();
         }
     } drop{ps};
-    return guard([&] {
+    size_t updated = 0;        // parameters already updated in backward (update_in_backward)
+    bool in_backward = false;  // backward ran with updating hooks: a failure may be partial
+    const spad_status status = guard([&] {
         const char *fn = "spad_model_train_step";
         need(ctx && model, fn, "ctx and model must not be NULL");
         ps = params_of(*model);
@@ -296,6 +298,35 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
         SPAD_CHECK(std::isfinite(lr) && lr >= 0, ValueError, fn, ": lr must be a finite number >= 0, got ", lr);
         CtxScope scope(ctx);
         for (const spad::Tensor &p : ps) p->grad.reset();
+        // Forward does not change the parameters: checked before anything can write them.
+        for (size_t i = 0; i < ps.size(); ++i)
+            SPAD_CHECK(spad::all_finite(ps[i]), ValueError, fn, ": parameter ", i, " of shape ",
+                       spad::shape_str(ps[i]->shape), " holds NaN or inf; parameters left untouched");
+        // update_in_backward: SGD on each parameter as soon as its gradient is complete, then
+        // the gradient is freed, so its arena block serves the rest of backward. A gradient
+        // is checked before it is applied; after a non-finite one nothing more is applied.
+        size_t bad = ps.size();  // the first parameter with a non-finite gradient
+        struct Unhook {
+            const std::vector<spad::Tensor> &ps;
+            bool on;
+            ~Unhook() {
+                if (on)
+                    for (const spad::Tensor &p : ps) spad::set_grad_complete_hook(p, nullptr);
+            }
+        } unhook{ps, ctx->update_in_backward};
+        if (unhook.on)
+            for (size_t i = 0; i < ps.size(); ++i)
+                spad::set_grad_complete_hook(ps[i], [&, i](const spad::Tensor &p) {
+                    if (p->grad && bad == ps.size()) {
+                        if (spad::all_finite(p->grad)) {
+                            spad::optim::sgd({p}, {}, lr, 0.0, false, 0.0);
+                            ++updated;
+                        } else {
+                            bad = i;
+                        }
+                    }
+                    p->grad.reset();
+                });
         double value;
         {
             spad::Tensor y = forward(*model, xt);
@@ -303,20 +334,30 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
             value = spad::item(L);
             SPAD_CHECK(std::isfinite(value), ValueError, fn, ": the loss is ", value,
                        "; parameters left untouched (lower the learning rate?)");
+            in_backward = unhook.on;
             spad::backward(L, nullptr, false, false);
         }
         // A finite loss can still hide non-finite gradients (an inf activation behind a
-        // saturated unit) or parameters: check both before the first write.
+        // saturated unit): check them before the first write.
         for (size_t i = 0; i < ps.size(); ++i) {
-            SPAD_CHECK(spad::all_finite(ps[i]), ValueError, fn, ": parameter ", i, " of shape ",
-                       spad::shape_str(ps[i]->shape), " holds NaN or inf; parameters left untouched");
-            SPAD_CHECK(!ps[i]->grad || spad::all_finite(ps[i]->grad), ValueError, fn, ": the gradient of parameter ", i,
-                       " of shape ", spad::shape_str(ps[i]->shape),
-                       " holds NaN or inf (non-finite input or overflow?); parameters left untouched");
+            const bool finite = unhook.on ? i != bad : !ps[i]->grad || spad::all_finite(ps[i]->grad);
+            SPAD_CHECK(finite, ValueError, fn, ": the gradient of parameter ", i, " of shape ",
+                       spad::shape_str(ps[i]->shape), " holds NaN or inf (non-finite input or overflow?)",
+                       unhook.on ? "" : "; parameters left untouched");
         }
         if (loss) *loss = value;
-        spad::optim::sgd(ps, {}, lr, 0.0, false, 0.0);
+        if (!unhook.on) spad::optim::sgd(ps, {}, lr, 0.0, false, 0.0);
     });
+    // A failure during an updating backward is reported with what it changed.
+    if (status != SPAD_OK && in_backward) {
+        std::string &msg = last_error();
+        if (updated == 0)
+            msg += "; parameters left untouched";
+        else
+            msg += "; update_in_backward: " + std::to_string(updated) + " of " + std::to_string(ps.size()) +
+                   " parameters were already updated (the last layers'), the others are untouched";
+    }
+    return status;
 }
 
 int32_t spad_model_num_params(const spad_model_t *model) {

@@ -90,6 +90,9 @@ spad_status spad_ctx_init(const spad_ctx_params *params, spad_ctx_t **out) {
         };
         ctx->step = make(p.step_arena, p.step_arena_bytes);
         ctx->persist = make(p.persistent_arena, p.persistent_arena_bytes);
+        need(p.update_in_backward == 0 || p.update_in_backward == 1, "spad_ctx_init",
+             "update_in_backward must be 0 or 1");
+        ctx->update_in_backward = p.update_in_backward != 0;
         spad::mem_stats().budget.store(p.tape_budget);
         spad::manual_seed(p.seed);
         *out = ctx.release();

@@ -2,12 +2,16 @@
  * digits inside two fixed, statically allocated arenas, with selective-path backprop
  * (SPAD) keeping a fraction of each layer input on the tape.
  *
- *   train_digits [digits.bin] [keep=0.1] [steps=600] [batch=150] [hidden=256] [layers=3] [out.spad]
+ *   train_digits [digits.bin] [keep=0.1] [steps=600] [batch=150] [hidden=256] [layers=3] [out.spad|-]
+ *                [in_backward=1]
  *
  * `layers` hidden layers of `hidden` units each. keep = 1 trains with exact backprop, for comparison. Prints the loss every 100 steps,
  * then test accuracy, the arenas' high-water marks (what this run really needed), the
  * peak tape bytes and steps/s. With out.spad the trained model is saved; Python reads it
- * with spad.load_model(). Exit status 0 only if the loss went down.
+ * with spad.load_model() ("-": not saved). in_backward = 1 updates each parameter during
+ * backward as soon as its gradient is complete (params.update_in_backward), so the step
+ * arena never holds every weight gradient at once; 0 updates after backward. Exit status
+ * 0 only if the loss went down.
  *
  * digits.bin comes from examples/embedded/make_digits.py (format described there). */
 #include <spad/spad.h>
@@ -113,7 +117,8 @@ int main(int argc, char **argv) {
     const int batch = argc > 4 ? atoi(argv[4]) : 150;
     const int hidden = argc > 5 ? atoi(argv[5]) : 256;
     const int layers = argc > 6 ? atoi(argv[6]) : 3;
-    const char *save = argc > 7 ? argv[7] : NULL;
+    const char *save = argc > 7 && strcmp(argv[7], "-") != 0 ? argv[7] : NULL;
+    const int in_backward = argc > 8 ? atoi(argv[8]) : 1;
     int n = 0, n_train, step, i;
     int32_t sizes[MAX_LAYERS + 2];
     double loss = 0, first_loss = 0, last_loss = 0, secs;
@@ -125,9 +130,9 @@ int main(int argc, char **argv) {
     clock_t t0;
 
     if (batch < 1 || batch > BATCH_MAX || steps < 1 || hidden < 1 || layers < 0 || layers > MAX_LAYERS ||
-        !(keep > 0 && keep <= 1)) {
+        !(keep > 0 && keep <= 1) || (in_backward != 0 && in_backward != 1)) {
         fprintf(stderr, "usage: %s [digits.bin] [keep in (0,1]] [steps] [batch <= %d] [hidden] [layers <= %d] "
-                "[out.spad]\n", argv[0], BATCH_MAX, MAX_LAYERS);
+                "[out.spad|-] [in_backward 0|1]\n", argv[0], BATCH_MAX, MAX_LAYERS);
         return 2;
     }
     if (load_digits(path, &n)) return 1;
@@ -138,14 +143,16 @@ int main(int argc, char **argv) {
     params.step_arena_bytes = sizeof step_arena;
     params.persistent_arena = persistent_arena;
     params.persistent_arena_bytes = sizeof persistent_arena;
+    params.update_in_backward = in_backward;
     TRY(spad_ctx_init(&params, &ctx));
     sizes[0] = FEATURES;
     for (i = 1; i <= layers; ++i) sizes[i] = hidden;
     sizes[layers + 1] = CLASSES;
     TRY(spad_model_mlp(ctx, sizes, layers + 2, 7, &model));
     if (keep < 1) TRY(spad_ctx_set_policy(ctx, SPAD_POLICY_SPAD, keep, 50, 3));
-    printf("digits: %d train / %d test, MLP %d-(%d x %d)-%d, batch %d, %s keep %.2f\n", n_train, N_TEST, FEATURES,
-           layers, hidden, CLASSES, batch, keep < 1 ? "SPAD" : "exact", keep);
+    printf("digits: %d train / %d test, MLP %d-(%d x %d)-%d, batch %d, %s keep %.2f, SGD %s backward\n", n_train,
+           N_TEST, FEATURES, layers, hidden, CLASSES, batch, keep < 1 ? "SPAD" : "exact", keep,
+           in_backward ? "in" : "after");
 
     t0 = clock();
     for (step = 0; step < steps; ++step) {

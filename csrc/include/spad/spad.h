@@ -77,6 +77,11 @@ typedef struct spad_ctx_params {
     size_t persistent_arena_bytes;
     int32_t measure;                /* 1: both arenas only count (heap-backed, no limit), so
                                        spad_ctx_arena_stats() tells the sizes to deploy */
+    int32_t update_in_backward;     /* 1: spad_model_train_step updates each parameter as soon
+                                       as its gradient is complete and frees that gradient, so
+                                       the step arena never holds all gradients at once; a
+                                       step failing in backward may then leave some
+                                       parameters updated (see spad_model_train_step) */
 } spad_ctx_params;
 
 /* Memory on devices
@@ -84,7 +89,7 @@ typedef struct spad_ctx_params {
  *   from the two buffers (16-byte aligned blocks; freed blocks are reused at once, so the
  *   step arena's high-water mark is what a step really keeps alive). Small bookkeeping
  *   (handles, tape nodes, shapes) still uses the heap. A full arena makes the call fail
- *   with SPAD_ERR_ALLOC and changes nothing; so does an exceeded tape budget
+ *   with SPAD_ERR_ALLOC and changes nothing (but see update_in_backward); so does an exceeded tape budget
  *   (SPAD_ERR_BUDGET). spad_ctx_rewind() resets the step arena once no handle uses it.
  *   To size the arenas: run one step with params.measure = 1 and read the high-water
  *   marks; keep some slack for sampling (payload sizes vary a little between steps). */
@@ -226,7 +231,15 @@ spad_status spad_model_forward(spad_ctx_t *ctx, const spad_model_t *model, const
  * *loss (may be NULL) receives the loss before the update. On any failure (tape budget,
  * full arena, a NaN/inf loss, gradient or parameter: SPAD_ERR_VALUE) every parameter is
  * left untouched. Gradients are dropped
- * afterwards, so nothing of the step stays in the step arena. */
+ * afterwards, so nothing of the step stays in the step arena.
+ * With params.update_in_backward = 1 each parameter is updated (and its gradient freed)
+ * during backward, as soon as its gradient is complete: the step arena's peak then holds
+ * one weight gradient instead of all of them. Each gradient is checked before it is
+ * applied. A bad lr, a NaN/inf loss or parameter and a tape budget exceeded in forward
+ * still leave every parameter untouched; but a NaN/inf gradient or a full arena *during
+ * backward* stops the updates there: parameters already updated (they had finite
+ * gradients) stay updated, the others are untouched, and the error message says how
+ * many were updated. Parameters are updated last layer first. */
 spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const spad_tensor_t *x,
                                   const spad_tensor_t *target, double lr, double *loss);
 int32_t spad_model_num_params(const spad_model_t *model);  /* weight and bias tensors */
