@@ -238,10 +238,10 @@ def bars(results):
 
 
 def allocators():
-    """The same deep-MLP step under each SPAD_MALLOC mode (see tune_allocator in csrc/core/tensor.cpp)."""
+    """The same deep-MLP step under each SPAD_MALLOC mode (see malloc_mode in csrc/core/tensor.cpp)."""
     out = ["| SPAD_MALLOC | engine | step peak MB | RSS growth MB | RSS / (1.3 peak + 8 MiB) | s/step |",
            "|---|---|---|---|---|---|"]
-    for mode in ("mmap", "reuse", "system"):
+    for mode in ("cache", "mmap", "reuse", "system"):
         for pol in ("exact", "rad"):
             os.environ["SPAD_MALLOC"] = mode
             r = measure({"arch": "deep", "engine": "spad", "policy": pol})

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <type_traits>
 #include <string>
 #ifdef __GLIBC__
@@ -17,31 +19,91 @@ namespace spad {
 static void free_heap(void *data, void *) { std::free(data); }
 static void free_arena(void *data, void *arena) { static_cast<Arena *>(arena)->free(data); }
 
-// Training allocates and frees the same large buffers every step; how the C library
-// serves them decides what the OS sees (peak RSS), which is what users measure. Options,
-// chosen once per process by SPAD_MALLOC (measured in benchmarks/realized_memory.py):
-//   mmap    (default) blocks >= 1 MiB get their own mmap() and go back to the OS on free, so
-//           RSS follows the allocation counters exactly (a fixed threshold also turns off
-//           glibc's sliding threshold, which otherwise moves freed 16 MiB blocks onto the
-//           heap, where freed holes stay resident and fragment);
+// Training allocates and frees the same large buffers every step; how they are served decides
+// what the OS sees (peak RSS), which is what users measure, and what each step pays in page
+// faults. Options, chosen once per process by SPAD_MALLOC (measured in
+// benchmarks/realized_memory.py and bench_sampled_step.py):
+//   cache   (default) blocks >= 1 MiB get their own mmap() and go back to the OS on free, except
+//           that a small cache keeps freed blocks for the next request of the same size (the
+//           next step asks for the same sizes): no page faults for repeated buffers, and no
+//           RSS above the live peak on the cache's account (Note [Block cache]);
+//   mmap    the same without the cache: RSS follows the counters exactly, every step faults in
+//           its large blocks anew (a fixed threshold also turns off glibc's sliding threshold,
+//           which otherwise moves freed 16 MiB blocks onto the heap, where holes stay resident);
 //   reuse   large blocks stay on the heap and are never trimmed: no page faults after the
 //           first step, but the heap's high-water mark (fragmentation included) stays in RSS;
 //   system  the C library's defaults.
-static void tune_allocator() {
+enum class MallocMode { CACHE, MMAP, REUSE, SYSTEM };
+static MallocMode malloc_mode() {
+    static const MallocMode mode = [] {
+        const char *env = std::getenv("SPAD_MALLOC");
+        const std::string m = env ? env : "cache";
+        const MallocMode r = m == "mmap" ? MallocMode::MMAP : m == "reuse" ? MallocMode::REUSE
+                           : m == "system" ? MallocMode::SYSTEM : MallocMode::CACHE;
 #ifdef __GLIBC__
-    static const bool done = [] {
-        const char *mode = std::getenv("SPAD_MALLOC");
-        const std::string m = mode ? mode : "mmap";
-        if (m == "reuse") {
+        if (r == MallocMode::REUSE) {
             mallopt(M_MMAP_THRESHOLD, 256 << 20);
             mallopt(M_TRIM_THRESHOLD, 512 << 20);
-        } else if (m == "mmap") {
+        } else if (r == MallocMode::MMAP || r == MallocMode::CACHE) {
             mallopt(M_MMAP_THRESHOLD, 1 << 20);
         }
-        return true;
-    }();
-    (void)done;
 #endif
+        return r;
+    }();
+    return mode;
+}
+
+// Note [Block cache]
+//   Freed blocks of >= 1 MiB are kept by exact (padded) size, up to max(8 MiB, live allocated
+//   bytes / 4) in all; a block that does not fit is unmapped at once. A request that finds no
+//   block of its size first unmaps every cached block: fresh pages are only ever faulted in
+//   with the cache empty, so RSS never exceeds the peak of live bytes on account of the cache,
+//   while a step that repeats the previous step's sizes (every training step does) takes them
+//   from the cache instead of faulting in fresh pages. Never destroyed: storages freed during
+//   static destruction may still return blocks, and the blocks stay reachable (no leak report).
+struct BlockCache {
+    static constexpr size_t kMin = size_t(1) << 20;
+    std::mutex mu;
+    std::unordered_multimap<size_t, void *> blocks;
+    size_t bytes = 0;
+    static BlockCache &get() {
+        static BlockCache *c = new BlockCache();
+        return *c;
+    }
+    void *take(size_t padded) {
+        std::unordered_multimap<size_t, void *> drop;
+        {
+            std::lock_guard<std::mutex> lk(mu);
+            auto it = blocks.find(padded);
+            if (it != blocks.end()) {
+                void *p = it->second;
+                blocks.erase(it);
+                bytes -= padded;
+                return p;
+            }
+            drop.swap(blocks);
+            bytes = 0;
+        }
+        for (auto &kv : drop) std::free(kv.second);
+        return nullptr;
+    }
+    bool keep(void *p, size_t padded) {
+        const int64_t live = mem_stats().allocated_bytes.load(std::memory_order_relaxed);
+        const size_t cap = std::max<size_t>(size_t(8) << 20, live > 0 ? (size_t)live / 4 : 0);
+        std::lock_guard<std::mutex> lk(mu);
+        if (bytes + padded > cap) return false;
+        blocks.emplace(padded, p);
+        bytes += padded;
+        return true;
+    }
+};
+static size_t padded_size(size_t nbytes) {  // 64-byte alignment keeps SIMD loads and BLAS happy
+    const size_t padded = (nbytes + 63) / 64 * 64;
+    return padded == 0 ? 64 : padded;
+}
+static void free_cached(void *data, void *ctx) {
+    const size_t padded = (size_t)(uintptr_t)ctx;
+    if (!BlockCache::get().keep(data, padded)) std::free(data);
 }
 
 std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
@@ -61,14 +123,16 @@ std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
         count_alloc(*s);
         return s;
     }
-    tune_allocator();
-    // 64-byte alignment keeps SIMD loads and BLAS happy; aligned_alloc needs a multiple.
-    size_t padded = (nbytes + 63) / 64 * 64;
-    if (padded == 0) padded = 64;
-    s->data = std::aligned_alloc(64, padded);
+    const size_t padded = padded_size(nbytes);
+    s->release = free_heap;
+    if (malloc_mode() == MallocMode::CACHE && padded >= BlockCache::kMin) {
+        s->data = BlockCache::get().take(padded);
+        s->release = free_cached;
+        s->ctx = (void *)(uintptr_t)padded;
+    }
+    if (!s->data) s->data = std::aligned_alloc(64, padded);
     if (!s->data) throw std::bad_alloc();
     s->nbytes = nbytes;
-    s->release = free_heap;
     count_alloc(*s);
     return s;
 }
