@@ -50,17 +50,27 @@ void sgd(const std::vector<Tensor> &params, const std::vector<Tensor> &bufs, dou
         if (use_buf) check_state("SGD", "momentum", p, bufs[i]);
         const int64_t n = p->numel();
         SPAD_FLOAT(p->dtype, T, {
-            T *w = p->data<T>();
-            const T *d = g->data<T>();
-            T *b = use_buf ? bufs[i]->data<T>() : nullptr;
+            // One branch-free loop per variant over non-aliasing pointers, so the compiler
+            // vectorizes it (a loop testing b and nesterov per element stayed scalar and cost a
+            // quarter of a small MLP's step). Same arithmetic per element as the update rule.
+            T *__restrict w = p->data<T>();
+            const T *__restrict d = g->data<T>();
+            T *__restrict b = use_buf ? bufs[i]->data<T>() : nullptr;
             const T a = (T)lr, mu = (T)momentum, wd = (T)weight_decay;
-            for (int64_t j = 0; j < n; ++j) {
-                T gj = d[j] + wd * w[j];
-                if (b) {
-                    b[j] = mu * b[j] + gj;
-                    gj = nesterov ? gj + mu * b[j] : b[j];
+            if (!b) {
+                for (int64_t j = 0; j < n; ++j) w[j] -= a * (d[j] + wd * w[j]);
+            } else if (!nesterov) {
+                for (int64_t j = 0; j < n; ++j) {
+                    const T bj = mu * b[j] + (d[j] + wd * w[j]);
+                    b[j] = bj;
+                    w[j] -= a * bj;
                 }
-                w[j] -= a * gj;
+            } else {
+                for (int64_t j = 0; j < n; ++j) {
+                    const T gj = d[j] + wd * w[j], bj = mu * b[j] + gj;
+                    b[j] = bj;
+                    w[j] -= a * (gj + mu * bj);
+                }
             }
         });
         ++p->storage->version;
