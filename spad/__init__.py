@@ -30,6 +30,7 @@ from . import functional
 from . import init, nn, optim, data, datasets, train  # the training stack
 from . import analysis  # tools from the seed papers (HVPs, modified losses, spectra)
 from .model_io import export, load_model  # models for the C API (devices)
+from .compile import compile, CompiledStep  # noqa: A001  (record a step once, replay it in C++)
 
 __version__ = "0.1.0"
 
@@ -63,4 +64,6 @@ __all__ = [
     "analysis",
     "export",
     "load_model",
+    "compile",
+    "CompiledStep",
 ]

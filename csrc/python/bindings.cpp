@@ -14,6 +14,8 @@
 namespace py = pybind11;
 using namespace spad;
 
+void register_replay(py::module_ &m);  // replay_bindings.cpp: recording wrappers and _Program
+
 namespace {
 
 // The other operand of an arithmetic operator: a Tensor, a Python number (taking the
@@ -340,4 +342,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &set_num_threads);
     m.def("get_num_threads", &get_num_threads);
     m.def("gemm_backend", &gemm_backend);
+
+    register_replay(m);  // last: re-binds the recorded entry points defined above
 }
