@@ -168,6 +168,12 @@ class CompiledStep:
     def program(self):
         return self._program()
 
+    def save(self, path: str) -> None:
+        """Write the current program with its parameters, optimizer state and arena plan to ``path``
+        (format: docs/plan_format.md), for ``spad_plan_load`` on a device. Steps recorded under a
+        sampling policy cannot be saved yet (ValueError)."""
+        self._program().save(str(path))
+
     def dump(self) -> str:
         """A readable listing of the records and the arena plan."""
         return self._program().dump()

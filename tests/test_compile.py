@@ -222,3 +222,57 @@ def test_bad_returns_and_errors_abort_recording():
         spad.compile(boom).plan_bytes
     with pytest.raises(TypeError):
         spad.compile(42)
+
+
+def test_saved_plan_replays_like_the_original(digits, tmp_path):
+    X, y = digits
+    m1, step = _mlp_step()
+    compiled = spad.compile(step)
+    batches = list(_batches(X, y, 6))
+    compiled(*batches[0])
+    path = tmp_path / "step.plan"
+    compiled.save(path)
+    loaded = spad._core._load_program(str(path))
+    assert loaded.n_records == compiled.n_records and loaded.plan_bytes == compiled.plan_bytes
+    for p, q in zip(loaded.parameters(), m1.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    for xb, yb in batches[1:]:
+        assert float(compiled(xb, yb)) == float(loaded.run((xb, yb)))
+    assert _max_rel(m1, type("M", (), {"parameters": lambda self: loaded.parameters()})()) == 0.0
+
+
+def test_plan_reader_rejects_bad_files(digits, tmp_path):
+    X, y = digits
+    _, step = _mlp_step((64, 8, 10))
+    compiled = spad.compile(step)
+    compiled(*next(_batches(X, y, 1)))
+    good = tmp_path / "good.plan"
+    compiled.save(good)
+    data = good.read_bytes()
+    cases = {"magic": b"XXXX" + data[4:], "truncated": data[: len(data) // 2], "trailing": data + b"\0",
+             "huge count": data[:24] + (2**31).to_bytes(4, "little") + data[28:]}
+    for name, blob in cases.items():
+        p = tmp_path / f"{name}.plan"
+        p.write_bytes(blob)
+        with pytest.raises(ValueError, match="plan file"):
+            spad._core._load_program(str(p))
+    rng = np.random.default_rng(0)  # random byte flips: an error or a loadable plan, never a crash
+    for _ in range(200):
+        b = bytearray(data)
+        for i in rng.integers(8, len(b), 4):
+            b[i] = int(rng.integers(0, 256))
+        p = tmp_path / "flip.plan"
+        p.write_bytes(bytes(b))
+        try:
+            spad._core._load_program(str(p))
+        except ValueError:
+            pass
+
+
+def test_policy_steps_cannot_be_saved_yet(digits, tmp_path):
+    X, y = digits
+    _, step = _mlp_step((64, 8, 10), policy=S.RAD(keep=0.5))
+    compiled = spad.compile(step)
+    compiled(*next(_batches(X, y, 1)))
+    with pytest.raises(ValueError, match="sampling policy"):
+        compiled.save(tmp_path / "p.plan")

@@ -9,6 +9,7 @@
 
 #include "../core/ops.h"
 #include "../core/replay/plan.h"
+#include "../core/replay/plan_file.h"
 #include "../core/replay/program.h"
 #include "../core/sampler.h"
 #include "numpy_bridge.h"
@@ -361,7 +362,16 @@ void register_replay(py::module_ &m) {
             }
             return d;
         })
-        .def("dump", &replay::Program::dump);
+        .def("dump", &replay::Program::dump)
+        .def("save", [](const replay::Program &P, const std::string &path) { replay::save_program(P, path); },
+             arg("path"), "Write the plan with its parameters and optimizer state (docs/plan_format.md).")
+        .def("parameters", [](const replay::Program &P) {
+            py::list out;  // the captured tensors that require grad, in slot order
+            for (size_t s = 0; s < P.n_slots(); ++s)
+                if (P.kinds[s] == replay::SlotKind::CONST && P.consts[s]->requires_grad) out.append(P.consts[s]);
+            return out;
+        }, "The captured tensors that require grad (the parameters), in slot order.");
+    m.def("_load_program", &replay::load_program, arg("path"), "Read a plan file written by _Program.save.");
     py::class_<replay::Recorder>(m, "_Recorder", "Records the core calls of one step (spad.compile).")
         .def(py::init<const std::vector<Tensor> &>(), arg("inputs"))
         .def("finish", [](replay::Recorder &r, const Tensor &loss) {

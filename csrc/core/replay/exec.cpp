@@ -125,6 +125,17 @@ Tensor exec(Op op, const Tensor *const *t, size_t nt, const int64_t *i, size_t n
         case Op::VIEW: {
             need(ni >= 3 && ni == (size_t)(3 + 2 * i[2]), op);
             const int64_t nd_ = i[2];
+            // Bounds of the view inside its base's storage (records from a file are not trusted).
+            const Tensor &b = *t[0];
+            const int64_t es = (int64_t)dtype_size((DType)i[0]), off = b->offset + i[1];
+            int64_t hi = off;
+            bool ok = i[0] >= 0 && i[0] <= (int64_t)DType::I32 && off >= 0 && (DType)i[0] == b->dtype;
+            for (int64_t k = 0; k < nd_ && ok; ++k) {
+                const int64_t n = i[3 + k], st = i[3 + nd_ + k];
+                ok = n >= 0 && st >= 0 && (n == 0 || st <= (int64_t)b->storage->nbytes);
+                if (ok && n > 0) hi += (n - 1) * st;
+            }
+            need(ok && (hi + 1) * es <= (int64_t)b->storage->nbytes, op);
             Tensor v = view(*t[0], Shape(i + 3, i + 3 + nd_), Shape(i + 3 + nd_, i + 3 + 2 * nd_),
                             (*t[0])->offset + i[1]);
             v->dtype = (DType)i[0];
