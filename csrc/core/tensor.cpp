@@ -39,13 +39,13 @@ std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
         s->ctx = a;
         return s;
     }
+    // A compiled step being recorded or replayed traces this or serves it from its arena.
+    if (replay::t_storage_hook && replay::t_storage_hook(*s, nbytes)) return s;
     if (nbytes <= Storage::kSmall) {
         s->data = s->small;
         s->nbytes = nbytes;
         return s;
     }
-    // A compiled step being recorded or replayed traces this or serves it from its arena.
-    if (replay::t_storage_hook && replay::t_storage_hook(*s, nbytes)) return s;
     tune_allocator();
     // 64-byte alignment keeps SIMD loads and BLAS happy; aligned_alloc needs a multiple.
     size_t padded = (nbytes + 63) / 64 * 64;

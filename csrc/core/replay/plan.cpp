@@ -33,14 +33,16 @@ struct TracedBlock {
 void traced_free(void *data, void *ctx) {
     auto *b = static_cast<TracedBlock *>(ctx);
     if (b->st->active) b->st->plan.free_t[b->k] = b->st->clock++;
-    std::free(data);
+    if (b->st->plan.sizes[b->k] > Storage::kSmall) std::free(data);  // small ones live in their Storage
     delete b;
 }
 
 bool trace_alloc(Storage &s, size_t nbytes) {
     AllocTrace::State *st = t_trace.get();
     if (!st || !st->active) return false;
-    void *p = std::aligned_alloc(kArenaAlign, align_up(std::max<size_t>(nbytes, 1)));
+    // Small tensors stay inside their Storage (as alloc_storage() would place them); they are
+    // traced for the step's peak, which a device arena must hold, but never planned.
+    void *p = nbytes <= Storage::kSmall ? s.small : std::aligned_alloc(kArenaAlign, align_up(std::max<size_t>(nbytes, 1)));
     if (!p) throw std::bad_alloc();
     auto k = (int32_t)st->plan.sizes.size();
     st->plan.sizes.push_back(nbytes);
@@ -105,7 +107,7 @@ void ArenaPlan::solve() {
         if (e.alloc) {
             live += sizes[e.k];
             eager_peak_bytes = std::max(eager_peak_bytes, live);
-            if (free_t[e.k] < 0) continue;  // survives the step: heap
+            if (free_t[e.k] < 0 || sizes[e.k] <= Storage::kSmall) continue;  // survives the step, or inline
             // Best fit: the smallest free block that holds it; else grow the arena (reusing a
             // free block that ends at the top, as ggml-alloc does).
             int best = -1;
@@ -165,7 +167,8 @@ std::string ArenaPlan::dump() const {
     for (size_t k = 0; k < sizes.size(); ++k) {
         s += str("  alloc ", k, ": ", sizes[k], " bytes, live [", alloc_t[k], ", ");
         s += free_t[k] < 0 ? std::string("end") : str(free_t[k]);
-        s += offsets[k] < 0 ? std::string(") heap\n") : str(") at offset ", offsets[k], "\n");
+        s += offsets[k] >= 0 ? str(") at offset ", offsets[k], "\n")
+             : sizes[k] <= Storage::kSmall ? std::string(") inline\n") : std::string(") heap\n");
     }
     return s;
 }
@@ -230,7 +233,7 @@ bool plan_alloc(Storage &s, size_t nbytes) {
         r->failed = true;
         return false;
     }
-    if (p.offsets[k] < 0) return false;
+    if (p.offsets[k] < 0) return false;  // heap, or inside the Storage (small)
     for (int32_t j : p.conflicts[k])
         if (r->mem->live[(size_t)j]) {
             r->failed = true;

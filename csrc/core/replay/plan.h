@@ -1,8 +1,9 @@
 // plan.h — the static memory plan of a compiled step (ggml-alloc / TinyEngine style).
 //
-// While a step is recorded, every heap allocation of tensor data (alloc_storage() above
-// Storage::kSmall; smaller tensors live inside their Storage object) is traced: its size, and
-// when it was freed on the step's event clock. Allocations freed within the step get offsets
+// While a step is recorded, every allocation of tensor data made by alloc_storage() is traced:
+// its size, and when it was freed on the step's event clock (tensors up to Storage::kSmall
+// bytes live inside their Storage object: traced for the peak, never planned). Larger
+// allocations freed within the step get offsets
 // in one arena from a greedy best-fit liveness plan (overlapping lifetimes never overlap in
 // space); those still alive when the step ends (gradients, anything persistent) stay on the
 // heap. At replay the k-th allocation gets its planned slice after two checks: the size
