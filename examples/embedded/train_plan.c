@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_MAX 2048
-#define FEATURES 64
+#include "digits_file.h"
+
 #define BATCH 32
 
 #define STEP_ARENA_BYTES (512u << 10)
@@ -21,45 +21,8 @@
 static unsigned char step_arena[STEP_ARENA_BYTES] __attribute__((aligned(16)));
 static unsigned char persistent_arena[PERSISTENT_ARENA_BYTES] __attribute__((aligned(16)));
 
-static float pixels[N_MAX * FEATURES];
-static int64_t labels[N_MAX];
 static float batch_x[BATCH * FEATURES];
 static int64_t batch_y[BATCH];
-
-static int load_digits(const char *path, int *n_out) {
-    static unsigned char raw[16 + N_MAX * (FEATURES + 1)];
-    FILE *f = fopen(path, "rb");
-    size_t got;
-    uint32_t n, i;
-    if (!f) {
-        fprintf(stderr, "cannot open %s\n", path);
-        return 1;
-    }
-    got = fread(raw, 1, sizeof raw, f);
-    fclose(f);
-    if (got < 16 || memcmp(raw, "SPADDIGI", 8) != 0) {
-        fprintf(stderr, "%s is not a digits file\n", path);
-        return 1;
-    }
-    n = (uint32_t)raw[8] | (uint32_t)raw[9] << 8 | (uint32_t)raw[10] << 16 | (uint32_t)raw[11] << 24;
-    if (n > N_MAX || got != 16 + (size_t)n * (FEATURES + 1)) {
-        fprintf(stderr, "%s: bad size\n", path);
-        return 1;
-    }
-    for (i = 0; i < n * FEATURES; ++i) pixels[i] = raw[16 + i] / 16.0f;
-    for (i = 0; i < n; ++i) labels[i] = raw[16 + n * FEATURES + i];
-    *n_out = (int)n;
-    return 0;
-}
-
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        spad_status s_ = (call);                                                                   \
-        if (s_ != SPAD_OK) {                                                                       \
-            fprintf(stderr, "%s failed: %s: %s\n", #call, spad_status_str(s_), spad_last_error()); \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
 
 int main(int argc, char **argv) {
     const char *data_path = argc > 1 ? argv[1] : "digits.bin";
