@@ -107,7 +107,8 @@ def run(quick: bool = False) -> str:
            "MLPs, the engines' module step for the CNN.", "",
            benchlib.table(header, rows), "",
            "Memory of the compiled step: the planned arena (buffers allocated and freed within the step, placed "
-           "by liveness), the eager peak of all step buffers above 256 bytes (traced while recording), and "
+           "by liveness; tensors up to 256 bytes live inside their Storage and are never planned), the eager peak of "
+           "all the step's tensor buffers (traced while recording), and "
            "the bytes that outlive the step (gradients), which stay on the heap.", "",
            benchlib.table(["workload", "records", "arena bytes", "eager peak bytes", "outlive the step",
                            "plan dropped"], mem), ""]

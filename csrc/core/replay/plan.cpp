@@ -146,6 +146,42 @@ void ArenaPlan::solve() {
         }
     }
     arena_bytes = top;
+    // Greedy by size (as TFLite's planner does) often packs tighter than placing buffers in
+    // allocation order: largest first, each at the lowest offset clear of every placed buffer
+    // whose lifetime overlaps its own. Keep whichever plan needs the smaller arena.
+    {
+        std::vector<int32_t> order;
+        for (size_t k = 0; k < n; ++k)
+            if (offsets[k] >= 0) order.push_back((int32_t)k);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int32_t a, int32_t b) { return align_up(sizes[(size_t)a]) > align_up(sizes[(size_t)b]); });
+        std::vector<int64_t> off2(n, -1);
+        uint64_t top2 = 0;
+        std::vector<std::pair<uint64_t, uint64_t>> busy;  // [lo, hi) of placed, time-overlapping buffers
+        for (int32_t k : order) {
+            const uint64_t a = align_up(std::max<uint64_t>(sizes[(size_t)k], 1));
+            busy.clear();
+            for (int32_t j : order) {
+                if (off2[(size_t)j] < 0) continue;
+                const bool overlap = alloc_t[(size_t)j] < free_t[(size_t)k] && alloc_t[(size_t)k] < free_t[(size_t)j];
+                if (overlap)
+                    busy.emplace_back((uint64_t)off2[(size_t)j],
+                                      (uint64_t)off2[(size_t)j] + align_up(std::max<uint64_t>(sizes[(size_t)j], 1)));
+            }
+            std::sort(busy.begin(), busy.end());
+            uint64_t at = 0;
+            for (const auto &b : busy) {
+                if (b.first >= at + a) break;  // the gap below this buffer fits
+                at = std::max(at, b.second);
+            }
+            off2[(size_t)k] = (int64_t)at;
+            top2 = std::max(top2, at + a);
+        }
+        if (top2 < arena_bytes) {
+            offsets = off2;
+            arena_bytes = top2;
+        }
+    }
     // Who shares space with whom: replay checks these are dead before handing a slice out.
     for (size_t k = 0; k < n; ++k) {
         if (offsets[k] < 0) continue;
@@ -153,7 +189,11 @@ void ArenaPlan::solve() {
         for (size_t j = 0; j < k; ++j) {
             if (offsets[j] < 0) continue;
             const uint64_t jl = (uint64_t)offsets[j], jh = jl + align_up(std::max<uint64_t>(sizes[j], 1));
-            if (jl < hi && lo < jh) conflicts[k].push_back((int32_t)j);
+            if (!(jl < hi && lo < jh)) continue;
+            // The plan's invariant, checked once here: buffers sharing space never live at once.
+            SPAD_CHECK(free_t[j] <= alloc_t[k], RuntimeError, "replay plan: allocations ", j, " and ", k,
+                       " share arena space while both alive (a planner bug)");
+            conflicts[k].push_back((int32_t)j);
         }
     }
 }

@@ -246,6 +246,19 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
                    ValueError, "plan file ", path, ": allocation ", k, " is out of range");
     }
     SPAD_CHECK(r.left == 0, ValueError, "plan file ", path, ": ", r.left, " trailing bytes");
+    // Lifetimes on one event clock: allocations in order, each freed after it was made, no two
+    // events at the same time (the planner relies on it).
+    std::vector<int64_t> times;
+    for (size_t k = 0; k < plan->sizes.size(); ++k) {
+        SPAD_CHECK((k == 0 || plan->alloc_t[k] > plan->alloc_t[k - 1]) &&
+                       (plan->free_t[k] < 0 || plan->free_t[k] > plan->alloc_t[k]),
+                   ValueError, "plan file ", path, ": allocation ", k, " has an inconsistent lifetime");
+        times.push_back(plan->alloc_t[k]);
+        if (plan->free_t[k] >= 0) times.push_back(plan->free_t[k]);
+    }
+    std::sort(times.begin(), times.end());
+    SPAD_CHECK(std::adjacent_find(times.begin(), times.end()) == times.end(), ValueError, "plan file ", path,
+               ": two allocation events at the same time");
     plan->solve();
     P->plan = std::move(plan);
     P->finalize();
