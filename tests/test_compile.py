@@ -239,6 +239,25 @@ def test_saved_plan_replays_like_the_original(digits, tmp_path):
     for xb, yb in batches[1:]:
         assert float(compiled(xb, yb)) == float(loaded.run((xb, yb)))
     assert _max_rel(m1, type("M", (), {"parameters": lambda self: loaded.parameters()})()) == 0.0
+    assert not loaded.plan_dropped  # the first run verified the sizes, later runs used the arena
+
+
+def test_constants_made_while_recording_keep_the_plan(digits):
+    X, y = digits
+    model = nn.mlp([64, 128, 10], seed=0)
+    o = optim.SGD(model.parameters(), lr=0.05)
+
+    def step(x, yb):
+        loss = F.cross_entropy(model(x) * 0.5 + 1.0, yb) * 2.0  # scalars made in Python: constants
+        o.zero_grad()
+        loss.backward()
+        o.step()
+        return loss
+
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 4):
+        compiled(xb, yb)
+    assert compiled.plan_bytes > 0 and not compiled.program.plan_dropped
 
 
 def test_plan_reader_rejects_bad_files(digits, tmp_path):

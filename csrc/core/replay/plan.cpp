@@ -56,9 +56,14 @@ bool trace_alloc(Storage &s, size_t nbytes) {
 }
 }  // namespace
 
-AllocTrace::AllocTrace() : st_(std::make_shared<State>()) {
-    t_trace = st_;
-    t_storage_hook = trace_alloc;
+AllocTrace::AllocTrace() : st_(std::make_shared<State>()) { t_trace = st_; }
+
+void AllocTrace::resume() {
+    if (t_trace == st_ && st_->active) t_storage_hook = trace_alloc;
+}
+
+void AllocTrace::pause() {
+    if (t_trace == st_) t_storage_hook = nullptr;
 }
 
 AllocTrace::~AllocTrace() {
@@ -273,7 +278,7 @@ bool plan_alloc(Storage &s, size_t nbytes) {
         r->failed = true;
         return false;
     }
-    if (p.offsets[k] < 0) return false;  // heap, or inside the Storage (small)
+    if (!r->mem || p.offsets[k] < 0) return false;  // verifying only; heap; or inside the Storage (small)
     for (int32_t j : p.conflicts[k])
         if (r->mem->live[(size_t)j]) {
             r->failed = true;
@@ -301,6 +306,8 @@ ArenaScope::~ArenaScope() {
 }
 
 bool ArenaScope::failed() const { return t_run && t_run->failed; }
+
+bool ArenaScope::complete() const { return t_run && !t_run->failed && t_run->next == t_run->plan->sizes.size(); }
 
 }  // namespace replay
 }  // namespace spad

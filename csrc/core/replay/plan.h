@@ -43,6 +43,11 @@ class AllocTrace {
     AllocTrace();
     ~AllocTrace();
     ArenaPlan stop();  // lifetimes as observed so far (unfreed: alive at end)
+    // Only allocations made inside recorded core calls are traced (a constant Python makes
+    // while recording is captured, so replay never allocates it): the recorder resumes the
+    // trace around each call. Frees of traced buffers are seen whenever they happen.
+    void resume();
+    void pause();
     struct State;
 
    private:
@@ -53,12 +58,15 @@ class AllocTrace {
 // slice is still held (freed by the last slice's release).
 struct ArenaMem;
 
-// Installs the plan's allocator for the lifetime of the scope (replay).
+// Installs the plan's allocator for the lifetime of the scope (replay). With mem null it only
+// verifies that the step allocates exactly the planned sizes (the first run of a loaded plan,
+// before its arena is allocated: a file cannot make us reserve memory the step never uses).
 class ArenaScope {
    public:
     ArenaScope(const ArenaPlan &plan, ArenaMem *mem);
     ~ArenaScope();
-    bool failed() const;  // a size or liveness check failed: the rest went to the heap
+    bool failed() const;   // a size or liveness check failed: the rest went to the heap
+    bool complete() const;  // not failed, and every planned allocation was made
 
    private:
     void *prev_state_;

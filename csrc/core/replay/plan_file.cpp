@@ -261,6 +261,7 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
                ": two allocation events at the same time");
     plan->solve();
     P->plan = std::move(plan);
+    P->plan_verified = false;  // the first step checks the sizes before the arena is reserved
     P->finalize();
     return P;
 }

@@ -108,8 +108,17 @@ Tensor Recorder::call_list(Op op, const std::vector<const Tensor *> &ts, std::ve
     Record r{op, {}, std::move(is), std::move(ds)};
     r.in.reserve(ts.size());
     for (const Tensor *t : ts) r.in.push_back(slot_for(*t));
-    Tensor out = exec(op, ts.data(), ts.size(), r.ints.data(), r.ints.size(), r.dbls.data(), r.dbls.size(),
-                      prog_->policies);
+    struct Traced {  // trace the allocations of this core call only
+        AllocTrace *t;
+        explicit Traced(AllocTrace *t_) : t(t_) { t->resume(); }
+        ~Traced() { t->pause(); }
+    };
+    Tensor out;
+    {
+        Traced traced(trace_.get());
+        out = exec(op, ts.data(), ts.size(), r.ints.data(), r.ints.size(), r.dbls.data(), r.dbls.size(),
+                   prog_->policies);
+    }
     if (out) r.out = new_slot(SlotKind::VALUE, out);
     prog_->records.push_back(std::move(r));
     return out;
@@ -193,13 +202,13 @@ Program::~Program() { arena_mem_release(mem_); }
 Tensor Program::run(const std::vector<Tensor> &inputs) {
     SPAD_CHECK((int32_t)inputs.size() == n_inputs, ValueError, "compiled step: expected ", n_inputs, " inputs, got ",
                inputs.size());
-    if (plan && !plan_dropped && !mem_) mem_ = arena_mem_new(*plan);
+    if (plan && !plan_dropped && plan_verified && !mem_) mem_ = arena_mem_new(*plan);
     for (int32_t i = 0; i < n_inputs; ++i) slots_[(size_t)i] = inputs[(size_t)i];
     for (int32_t s : dead_inputs) slots_[(size_t)s].reset();
     Tensor result;
     try {
         std::unique_ptr<ArenaScope> scope;
-        if (mem_ && !plan_dropped) scope = std::make_unique<ArenaScope>(*plan, mem_);
+        if (plan && !plan_dropped) scope = std::make_unique<ArenaScope>(*plan, plan_verified ? mem_ : nullptr);
         for (size_t k = 0; k < records.size(); ++k) {
             Record &r = records[k];
             for (size_t j = 0; j < r.in.size(); ++j) ptrs_[j] = r.in[j] < 0 ? &kNull : &slots_[(size_t)r.in[j]];
@@ -209,7 +218,10 @@ Tensor Program::run(const std::vector<Tensor> &inputs) {
             if (r.out >= 0) slots_[(size_t)r.out] = std::move(out);
             for (int32_t s : release_after[k]) slots_[(size_t)s].reset();
         }
-        if (scope && scope->failed()) plan_dropped = true;
+        if (scope) {
+            if (scope->complete()) plan_verified = true;
+            else plan_dropped = true;  // the step no longer allocates what was planned
+        }
         if (loss >= 0) result = std::move(slots_[(size_t)loss]);
     } catch (...) {
         for (size_t s = 0; s < slots_.size(); ++s)

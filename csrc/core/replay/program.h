@@ -75,6 +75,7 @@ struct Program {
     std::vector<int32_t> dead_inputs;  // input slots no record reads (released at once)
     std::shared_ptr<ArenaPlan> plan;   // may be null (no planned allocation)
     bool plan_dropped = false;         // an allocation did not match the plan: heap from now on
+    bool plan_verified = true;         // false for a loaded plan until one step matched its sizes
     int64_t replays = 0;
 
     Program() = default;
