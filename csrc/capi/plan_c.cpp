@@ -56,7 +56,14 @@ spad_status spad_plan_step(spad_ctx_t *ctx, spad_plan_t *plan, int32_t n_inputs,
     });
 }
 
-void spad_plan_free(spad_plan_t *plan) { delete plan; }
+void spad_plan_free(spad_plan_t *plan) {
+    if (!plan) return;
+    // The plan owns its parameters: drop their gradients first, so a gradient graph that
+    // refers back to its parameter (a cycle) cannot keep them alive.
+    for (const spad::Tensor &c : plan->prog->consts)
+        if (c) c->grad.reset();
+    delete plan;
+}
 
 int32_t spad_plan_num_records(const spad_plan_t *plan) { return plan ? (int32_t)plan->prog->records.size() : 0; }
 

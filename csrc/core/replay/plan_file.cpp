@@ -107,7 +107,10 @@ void check_record(const Record &r, uint32_t k, const std::vector<char> &defined,
         case Op::LINEAR: ok = nt == 3; optional = 2; break;
         case Op::CONV2D: ok = nt == 3 && ni == 4; optional = 2; break;
         case Op::DROPOUT: ok = nt == 1 && ni == 1 && nd == 1; break;
-        case Op::BACKWARD: ok = nt == 2 && ni == 2; optional = 1; break;
+        case Op::BACKWARD:  // create_graph is not in format 1 (its graphs can refer back to parameters)
+            ok = nt == 2 && ni == 2 && (r.ints[0] == 0 || r.ints[0] == 1) && r.ints[1] == 0;
+            optional = 1;
+            break;
         case Op::SET_GRAD_ENABLED: case Op::SET_POLICY: case Op::BEGIN_STEP: ok = nt == 0 && ni == 1; break;
         case Op::VIEW: ok = nt == 1 && ni >= 3 && ni == (size_t)(3 + 2 * std::max<int64_t>(r.ints[2], 0)); break;
         case Op::CLEAR_GRADS: case Op::SGD: case Op::ADAGRAD: case Op::RMSPROP: case Op::ADAM: break;  // exec checks
@@ -128,6 +131,9 @@ std::vector<unsigned char> serialize(const Program &P) {
         SPAD_CHECK(!((r.op == Op::SET_POLICY && r.ints[0] >= 0) || r.op == Op::BEGIN_STEP), ValueError,
                    "save: steps recorded under a sampling policy cannot be saved yet (policy state is not in the "
                    "plan format); record the step without spad.sampling.use to save it");
+    for (const Record &r : P.records)
+        SPAD_CHECK(!(r.op == Op::BACKWARD && r.ints[1] != 0), ValueError,
+                   "save: a step calling backward(create_graph=True) cannot be saved (not in plan format 1)");
     Writer w;
     w.bytes(kMagic, 8);
     w.put<uint32_t>(kVersion);
