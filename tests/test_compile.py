@@ -295,3 +295,27 @@ def test_policy_steps_cannot_be_saved_yet(digits, tmp_path):
     compiled(*next(_batches(X, y, 1)))
     with pytest.raises(ValueError, match="sampling policy"):
         compiled.save(tmp_path / "p.plan")
+
+
+def test_rosenbrock_program_without_inputs_matches_eager():
+    def make():
+        p = spad.tensor(np.array([-1.2, 1.0]), requires_grad=True)
+        o = optim.Adam([p], lr=0.01)
+
+        def step():
+            x, y = p[0], p[1]  # indexing: take with a constant index, recorded
+            loss = (1.0 - x) ** 2 + 100.0 * (y - x ** 2) ** 2
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return p, step
+
+    p1, eager = make()
+    p2, step = make()
+    compiled = spad.compile(step)
+    for _ in range(50):
+        assert float(eager()) == float(compiled())
+    np.testing.assert_array_equal(p1.numpy(), p2.numpy())
+    assert compiled.recordings == 1
