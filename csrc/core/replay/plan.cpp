@@ -2,6 +2,7 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -233,6 +234,7 @@ struct ArenaMem {
 };
 
 ArenaMem *arena_mem_new(const ArenaPlan &plan) {
+    if (plan.arena_bytes > (uint64_t)(SIZE_MAX / 2)) throw std::bad_alloc();  // 32-bit targets
     auto *m = new ArenaMem();
     if (plan.arena_bytes) {
         m->base = std::aligned_alloc(kArenaAlign, align_up(plan.arena_bytes));
