@@ -52,7 +52,7 @@ Tensor operand(const py::handle &h, const Tensor &like) {
         return from_numpy(np.attr("ascontiguousarray")(a));
     }
     SPAD_CHECK(!py::isinstance<py::str>(h) && !py::isinstance<py::bytes>(h) && py::isinstance<py::sequence>(h),
-               TypeError, "unsupported operand type ", std::string(py::str(h.get_type())), " for a spad Tensor");
+               TypeError, "unsupported operand type ", std::string(py::str(py::type::handle_of(h))), " for a spad Tensor");
     return from_numpy(np.attr("asarray")(h, np_dtype(like->dtype)));
 }
 
@@ -166,7 +166,7 @@ void register_replay(py::module_ &m) {
                           [](const Tensor &a, py::handle p) {
                               SPAD_CHECK(PyFloat_Check(p.ptr()) || PyLong_Check(p.ptr()), TypeError,
                                          "pow: only a Python number exponent is supported (got ",
-                                         std::string(py::str(p.get_type())), ")");
+                                         std::string(py::str(py::type::handle_of(p))), ")");
                               return record_or_run(Op::POW, {&a}, {}, {p.cast<double>()});
                           },
                           is_method(T), py::is_operator()));
