@@ -55,10 +55,14 @@ def _max_rel(m1, m2):
                for a, b in zip(m1.parameters(), m2.parameters()))
 
 
-@pytest.mark.parametrize("policy", [None, "rad"], ids=["exact", "rad0.1"])
+POLICIES = {"exact": lambda: None, "rad0.1": lambda: S.RAD(keep=0.1, seed=3),
+            "spad0.2": lambda: S.SPAD(keep=0.2, refresh=5, seed=1), "crs0.3": lambda: S.CRS(keep=0.3, seed=2)}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
 def test_compiled_equals_eager_digits_100_steps(digits, policy):
     X, y = digits
-    pol = (lambda: S.RAD(keep=0.1, seed=3)) if policy == "rad" else (lambda: None)
+    pol = POLICIES[policy]
     spad.manual_seed(7)
     m1, eager = _mlp_step(policy=pol())
     m2, step = _mlp_step(policy=pol())
