@@ -323,3 +323,18 @@ def test_rosenbrock_program_without_inputs_matches_eager():
         assert float(eager()) == float(compiled())
     np.testing.assert_array_equal(p1.numpy(), p2.numpy())
     assert compiled.recordings == 1
+
+
+def test_step_returning_none_compiles_and_replays(digits):
+    # finish(None): a step with no loss to return (the benchmark's training steps) must not be
+    # refused by the Tensor caster that turns None away from ops.
+    X, y = digits
+    _, step = _mlp_step()
+
+    def no_loss(x, y):
+        step(x, y)
+
+    compiled = spad.compile(no_loss)
+    for xb, yb in _batches(X, y, 3):
+        assert compiled(xb, yb) is None
+    assert compiled.program.replays == 2 and not compiled.program.plan_dropped

@@ -432,9 +432,9 @@ void register_replay(py::module_ &m) {
     m.def("_load_program", &replay::load_program, arg("path"), "Read a plan file written by _Program.save.");
     py::class_<replay::Recorder>(m, "_Recorder", "Records the core calls of one step (spad.compile).")
         .def(py::init<const std::vector<Tensor> &>(), arg("inputs"))
-        .def("finish", [](replay::Recorder &r, const Tensor &loss) {
+        .def("finish", [](replay::Recorder &r, const py::object &loss) {  // None: a step returning nothing
                  std::vector<std::string> warnings;
-                 auto prog = r.finish(loss, warnings);
+                 auto prog = r.finish(optional_tensor(loss), warnings);
                  return py::make_tuple(prog, warnings);
              }, arg("loss").none(true))
         .def("abort", &replay::Recorder::abort);
