@@ -135,6 +135,9 @@ def test_conv_step_matches_eager():
         yb = rng.integers(0, 5, 6)
         assert float(eager(spad.tensor(x), yb)) == float(compiled(x, yb))
     assert _max_rel(m1, m2) == 0.0
+    # The replay keeps its plan: in-place buffer reuse is off under a plan (reuse.cpp), so the
+    # replayed allocations follow the recorded order.
+    assert compiled.program.plan_bytes > 0 and not compiled.program.plan_dropped
 
 
 def test_plan_arena_is_used_and_smaller_than_eager_peak(digits):
