@@ -35,6 +35,7 @@ from .gradcheck import gradcheck, GradcheckError  # gradients vs finite differen
 from .budget import Budget, MemoryBudgetError  # training under a memory budget
 from .checkpoint import checkpoint_sequential  # recomputation baseline (exact gradients, less memory)
 from .memory import memory_summary  # allocated bytes by category
+from .compile import compile, CompiledStep  # noqa: A001  (record a step once, replay it in C++)
 
 __version__ = "0.1.0"
 
@@ -74,4 +75,6 @@ __all__ = [
     "Budget",
     "MemoryBudgetError",
     "checkpoint_sequential",
+    "compile",
+    "CompiledStep",
 ]

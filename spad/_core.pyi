@@ -293,11 +293,66 @@ class Policy:
         """
         Site packs recorded under this policy so far.
         """
+class _Program:
+    """
+    A recorded step (spad.compile); replays in C++.
+    """
+    def dump(self) -> str:
+        ...
+    def op_counts(self) -> dict:
+        ...
+    def parameters(self) -> list:
+        """
+        The captured tensors that require grad (the parameters), in slot order.
+        """
+    def run(self, args: tuple) -> typing.Any:
+        """
+        Replay with new inputs (ValueError starting 'ReplayMismatch' if they do not fit).
+        """
+    def save(self, path: str) -> None:
+        """
+        Write the plan with its parameters and optimizer state (docs/plan_format.md).
+        """
+    @property
+    def eager_peak_bytes(self) -> int:
+        ...
+    @property
+    def heap_bytes(self) -> int:
+        ...
+    @property
+    def n_inputs(self) -> int:
+        ...
+    @property
+    def n_records(self) -> int:
+        ...
+    @property
+    def plan_bytes(self) -> int:
+        ...
+    @property
+    def plan_dropped(self) -> bool:
+        ...
+    @property
+    def replays(self) -> int:
+        ...
+class _Recorder:
+    """
+    Records the core calls of one step (spad.compile).
+    """
+    def __init__(self, inputs: collections.abc.Sequence[Tensor]) -> None:
+        ...
+    def abort(self) -> None:
+        ...
+    def finish(self, loss: typing.Any) -> tuple[_Program, list[str]]:
+        ...
 def _conv_weight_grad_rows(x: Tensor, g: Tensor, wshape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], rows: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex] = []) -> Tensor:
     ...
 def _first_nonfinite(tensors: collections.abc.Sequence[Tensor], grads: bool = False) -> int:
     """
     Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.
+    """
+def _load_program(path: str) -> _Program:
+    """
+    Read a plan file written by _Program.save.
     """
 def _memory_categories() -> dict:
     ...

@@ -17,6 +17,10 @@ LAYERS = {
     "tape.h": 4,
     "sampling/sampling.h": 5, "sampling/detail.h": 5,
     "ops.h": 6, "optim.h": 6,
+    # Compiled replay records and replays whole steps (ops, optimizers, policies): above ops.
+    # Its allocation hook is a bare declaration that alloc_storage (tensor layer) consults.
+    "replay/alloc_hook.h": 1,
+    "replay/program.h": 7, "replay/plan.h": 7, "replay/plan_file.h": 7,
 }
 
 
@@ -28,6 +32,8 @@ def layer_of(path: Path) -> int:
         return LAYERS["sampling/sampling.h"]
     if rel.startswith("ops/"):
         return LAYERS["ops.h"]
+    if rel == "replay/exec.cpp":  # the op table of program.h
+        return LAYERS["replay/program.h"]
     if rel == "tape.cpp":  # the reverse sweep runs the op table and accumulates with ops
         return LAYERS["ops.h"]
     header = rel[: -len(".cpp")] + ".h"

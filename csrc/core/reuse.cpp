@@ -4,11 +4,17 @@
 #include <cstring>
 
 #include "gemm.h"
+#include "replay/alloc_hook.h"
 
 namespace spad {
 
 bool reusable(const Tensor &t, long extra) {
     if (!t || !t->storage) return false;
+    // A compiled step (recorded or replayed through its plan) allocates exactly the buffers it
+    // traced: reuse depends on who holds references, which differs between the recording (Python
+    // names) and the replay (slots), so a reused buffer would shift the planned allocation order
+    // and drop the plan. The plan's liveness arena already reuses memory across the step.
+    if (replay::t_storage_hook) return false;
     const Storage &s = *t->storage;
     return t.use_count() == 1 + extra && t->storage.use_count() == 1 && s.counted && s.tape_refs.load() == 0 &&
            !s.is_param && s.category == MemCategory::OTHER && t->offset == 0 && t->is_contiguous();

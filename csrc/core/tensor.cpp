@@ -1,6 +1,7 @@
 #include "tensor.h"
 
 #include "arena.h"
+#include "replay/alloc_hook.h"
 
 #include <algorithm>
 #include <cmath>
@@ -114,6 +115,12 @@ std::shared_ptr<Storage> alloc_storage(size_t nbytes) {
         s->nbytes = nbytes;
         s->release = free_arena;
         s->ctx = a;
+        count_alloc(*s);
+        return s;
+    }
+    // A compiled step being recorded or replayed traces this or serves it from its arena.
+    // Counted like any other allocation (~Storage's count_free balances it, arena or heap).
+    if (replay::t_storage_hook && replay::t_storage_hook(*s, nbytes)) {
         count_alloc(*s);
         return s;
     }

@@ -12,28 +12,14 @@
 #include "../core/rng.h"
 #include "../core/sampling/sampling.h"
 
-// Note [None is not a Tensor]
-//   pybind11 converts None to a null std::shared_ptr for any Tensor argument, and every op
-//   would then dereference it (F.relu(None) was a segfault). Refused here, for every
-//   binding at once; the two optional tensors (linear's and conv2d's bias) take a py::object.
-namespace pybind11 {
-namespace detail {
-template <>
-class type_caster<std::shared_ptr<spad::TensorImpl>>
-    : public copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>> {
-  public:
-    bool load(handle src, bool convert) {
-        if (src.is_none()) return false;
-        return copyable_holder_caster<spad::TensorImpl, std::shared_ptr<spad::TensorImpl>>::load(src, convert);
-    }
-};
-}  // namespace detail
-}  // namespace pybind11
+#include "tensor_caster.h"  // Note [None is not a Tensor]
 
 #include "numpy_bridge.h"
 
 namespace py = pybind11;
 using namespace spad;
+
+void register_replay(py::module_ &m);  // replay_bindings.cpp: recording wrappers and _Program
 
 namespace {
 
@@ -561,4 +547,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &set_num_threads);
     m.def("get_num_threads", &get_num_threads);
     m.def("gemm_backend", &gemm_backend);
+
+    register_replay(m);  // last: re-binds the recorded entry points defined above
 }

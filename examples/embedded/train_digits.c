@@ -20,8 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#define N_MAX 2048
-#define FEATURES 64
+#include "digits_file.h"
+
 #define CLASSES 10
 #define BATCH_MAX 256
 #define N_TEST 297
@@ -33,55 +33,14 @@
 static unsigned char step_arena[STEP_ARENA_BYTES] __attribute__((aligned(16)));
 static unsigned char persistent_arena[PERSISTENT_ARENA_BYTES] __attribute__((aligned(16)));
 
-static float pixels[N_MAX * FEATURES];
-static int64_t labels[N_MAX];
 static float batch_x[BATCH_MAX * FEATURES];
 static int64_t batch_y[BATCH_MAX];
-
-static uint32_t u32le(const unsigned char *b) {
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-
-static int load_digits(const char *path, int *n_out) {
-    static unsigned char raw[16 + N_MAX * (FEATURES + 1)];
-    FILE *f = fopen(path, "rb");
-    size_t got;
-    uint32_t n, i;
-    if (!f) {
-        fprintf(stderr, "cannot open %s (make it with examples/embedded/make_digits.py)\n", path);
-        return 1;
-    }
-    got = fread(raw, 1, sizeof raw, f);
-    fclose(f);
-    if (got < 16 || memcmp(raw, "SPADDIGI", 8) != 0 || u32le(raw + 12) != FEATURES) {
-        fprintf(stderr, "%s is not a digits file\n", path);
-        return 1;
-    }
-    n = u32le(raw + 8);
-    if (n > N_MAX || got != 16 + (size_t)n * (FEATURES + 1)) {
-        fprintf(stderr, "%s: bad size\n", path);
-        return 1;
-    }
-    for (i = 0; i < n * FEATURES; ++i) pixels[i] = raw[16 + i] / 16.0f;
-    for (i = 0; i < n; ++i) labels[i] = raw[16 + n * FEATURES + i];
-    *n_out = (int)n;
-    return 0;
-}
 
 static uint64_t rng_state = 42;
 static uint32_t rng_below(uint32_t n) {
     rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
     return (uint32_t)((rng_state >> 33) % n);
 }
-
-#define TRY(call)                                                                       \
-    do {                                                                                \
-        spad_status s_ = (call);                                                        \
-        if (s_ != SPAD_OK) {                                                            \
-            fprintf(stderr, "%s failed: %s: %s\n", #call, spad_status_str(s_), spad_last_error()); \
-            return 1;                                                                   \
-        }                                                                               \
-    } while (0)
 
 static double accuracy(spad_ctx_t *ctx, spad_model_t *model, int first, int count) {
     int correct = 0, i, c, done;

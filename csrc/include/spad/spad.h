@@ -246,6 +246,24 @@ int32_t spad_model_num_params(const spad_model_t *model);  /* weight and bias te
 /* A handle on parameter i (its data is the live weights); NULL if out of range. */
 spad_status spad_model_param(spad_ctx_t *ctx, const spad_model_t *model, int32_t i, spad_tensor_t **out);
 
+/* ---- Compiled plans (spad.compile(...).save(path) in Python; format: docs/plan_format.md) ----
+ * A plan is a recorded training step (forward, backward, optimizer update: SGD with momentum,
+ * Adam, ...) with its parameters and optimizer state. spad_plan_load checks the plan against
+ * the context's step arena before any step (SPAD_ERR_ALLOC if its buffers cannot fit) and moves
+ * parameters and state into the persistent arena. spad_plan_step binds `inputs` (the tensors
+ * the step was recorded with, same dtypes and shapes; SPAD_ERR_VALUE otherwise), runs the
+ * step and stores the loss. Free a plan before its context. Plans recorded under a sampling
+ * policy are not in format 1. */
+typedef struct spad_plan spad_plan_t;
+spad_status spad_plan_load(spad_ctx_t *ctx, const char *path, spad_plan_t **out);
+spad_status spad_plan_step(spad_ctx_t *ctx, spad_plan_t *plan, int32_t n_inputs, const spad_tensor_t *const *inputs,
+                           double *loss);
+void spad_plan_free(spad_plan_t *plan);  /* NULL is a no-op */
+int32_t spad_plan_num_records(const spad_plan_t *plan);
+size_t spad_plan_arena_bytes(const spad_plan_t *plan);  /* the plan's liveness-planned arena */
+int32_t spad_plan_num_params(const spad_plan_t *plan);   /* captured tensors that require grad */
+spad_status spad_plan_param(spad_ctx_t *ctx, const spad_plan_t *plan, int32_t i, spad_tensor_t **out);
+
 #ifdef __cplusplus
 }
 #endif

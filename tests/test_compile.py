@@ -1,0 +1,343 @@
+"""spad.compile: a recorded step replayed in C++ equals the eager step; re-recording on new
+shapes; what cannot be replayed is reported, never silently replayed wrong."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import spad
+import spad.functional as F
+import spad.nn as nn
+import spad.optim as optim
+import spad.sampling as S
+from spad.datasets import digits_split
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y, _, _ = digits_split()
+    return np.ascontiguousarray(X, dtype=np.float32), y
+
+
+def _mlp_step(sizes=(64, 256, 256, 10), policy=None, opt="sgd", loss=F.cross_entropy, dropout=0.0):
+    layers = list(nn.mlp(list(sizes), seed=0)._modules.values())
+    if dropout:
+        layers.insert(2, nn.Dropout(dropout))
+    model = nn.Sequential(*layers)
+    if opt == "sgd":
+        o = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        o = optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(x, y):
+        with S.use(policy):
+            out = loss(model(x), y)
+        o.zero_grad()
+        out.backward()
+        o.step()
+        return out
+
+    return model, step
+
+
+def _batches(X, y, n, batch=32, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        idx = rng.choice(len(X), batch, replace=False)
+        yield np.ascontiguousarray(X[idx]), y[idx]
+
+
+def _max_rel(m1, m2):
+    return max(float(np.abs(a.numpy() - b.numpy()).max() / max(np.abs(a.numpy()).max(), 1e-30))
+               for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+POLICIES = {"exact": lambda: None, "rad0.1": lambda: S.RAD(keep=0.1, seed=3),
+            "spad0.2": lambda: S.SPAD(keep=0.2, refresh=5, seed=1), "crs0.3": lambda: S.CRS(keep=0.3, seed=2)}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_compiled_equals_eager_digits_100_steps(digits, policy):
+    X, y = digits
+    pol = POLICIES[policy]
+    spad.manual_seed(7)
+    m1, eager = _mlp_step(policy=pol())
+    m2, step = _mlp_step(policy=pol())
+    compiled = spad.compile(step)
+    losses = []
+    for xb, yb in _batches(X, y, 100):
+        l1 = eager(spad.tensor(xb), yb)
+        l2 = compiled(xb, yb)
+        losses.append((float(l1), float(l2)))
+    assert compiled.recordings == 1 and compiled.program.replays == 99
+    assert _max_rel(m1, m2) <= 1e-6
+    assert all(a == b for a, b in losses)
+    assert losses[-1][0] < losses[0][0]  # it trained
+
+
+def test_other_batch_size_rerecords_and_matches_eager(digits):
+    X, y = digits
+    m1, eager = _mlp_step()
+    m2, step = _mlp_step()
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 5):
+        eager(spad.tensor(xb), yb)
+        compiled(xb, yb)
+    for xb, yb in _batches(X, y, 3, batch=17, seed=1):
+        assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
+    assert compiled.recordings == 2
+    for xb, yb in _batches(X, y, 2, seed=2):  # back to batch 32: the first program, from the cache
+        assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
+    assert compiled.recordings == 2
+    assert _max_rel(m1, m2) == 0.0
+
+
+def test_adam_dropout_and_mse_match_eager():
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32))
+            for _ in range(20)]
+    # Dropout draws from the global RNG: run each engine from the same seed, one after the other.
+    spad.manual_seed(11)
+    m1, eager = _mlp_step((4, 32, 3), opt="adam", loss=F.mse_loss, dropout=0.3)
+    l1 = [float(eager(spad.tensor(x), spad.tensor(t))) for x, t in data]
+    spad.manual_seed(11)
+    m2, step = _mlp_step((4, 32, 3), opt="adam", loss=F.mse_loss, dropout=0.3)
+    compiled = spad.compile(step)
+    l2 = [float(compiled(x, t)) for x, t in data]
+    assert l1 == l2
+    assert _max_rel(m1, m2) == 0.0  # Adam's bias correction advanced per replay, dropout masks drawn alike
+
+
+def test_conv_step_matches_eager():
+    rng = np.random.default_rng(1)
+
+    def make():
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5, seed=1))
+        o = optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return model, step
+
+    m1, eager = make()
+    m2, step = make()
+    compiled = spad.compile(step)
+    for _ in range(5):
+        x = rng.random((6, 1, 8, 8), dtype=np.float32)
+        yb = rng.integers(0, 5, 6)
+        assert float(eager(spad.tensor(x), yb)) == float(compiled(x, yb))
+    assert _max_rel(m1, m2) == 0.0
+    # The replay keeps its plan: in-place buffer reuse is off under a plan (reuse.cpp), so the
+    # replayed allocations follow the recorded order.
+    assert compiled.program.plan_bytes > 0 and not compiled.program.plan_dropped
+
+
+def test_plan_arena_is_used_and_smaller_than_eager_peak(digits):
+    X, y = digits
+    _, step = _mlp_step()
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 4):
+        compiled(xb, yb)
+    p = compiled.program
+    assert 0 < p.plan_bytes < p.eager_peak_bytes
+    assert not p.plan_dropped
+    text = str(compiled)
+    assert "arena" in text and "linear" in text and "sgd_step" in text
+    assert compiled.n_records == p.n_records == len(re.findall(r"^  \d+: ", text, re.M)) == 8  # 2 policy switches; the MLP is one linear_chain
+
+
+def test_returned_loss_is_a_fresh_tensor(digits):
+    X, y = digits
+    _, step = _mlp_step()
+    compiled = spad.compile(step)
+    (xb, yb), (xb2, yb2) = list(_batches(X, y, 2))
+    compiled(xb, yb)
+    l1 = compiled(xb2, yb2)
+    v = float(l1)
+    compiled(xb, yb)
+    assert float(l1) == v and l1.grad_fn is None
+
+
+def test_dtype_change_rerecords():
+    W = spad.tensor(np.ones((3, 1)), requires_grad=True)  # float64 parameter
+
+    def step(x):
+        loss = (x @ W).sum()
+        W.grad = None
+        loss.backward()
+        return loss
+
+    compiled = spad.compile(step)
+    compiled(np.ones((2, 3)))
+    compiled(np.ones((2, 3), np.float32).astype(np.float64))
+    assert compiled.recordings == 1
+    with pytest.raises(TypeError):  # float32 x with a float64 W: re-recorded, and the op refuses
+        compiled(np.ones((2, 3), np.float32))
+
+
+def test_item_during_recording_warns_and_unused_input_warns():
+    W = spad.tensor(np.ones((3, 1), np.float32), requires_grad=True)
+
+    def step(x, unused):
+        loss = (x @ W).sum()
+        if loss.item() > 0:
+            loss = loss * 2.0
+        return loss
+
+    compiled = spad.compile(step)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        compiled(np.ones((2, 3), np.float32), np.ones(2, np.float32))
+    msgs = " | ".join(str(x.message) for x in w)
+    assert "item()" in msgs and "input 1" in msgs
+
+
+def test_tensor_from_outside_the_recording_is_refused():
+    W = spad.tensor(np.ones((3, 1), np.float32), requires_grad=True)
+    h = W * 2.0  # made by an op before recording: the replay could not recompute it
+
+    def step(x):
+        return (x @ h).sum()
+
+    compiled = spad.compile(step)
+    with pytest.raises(RuntimeError, match="recorder did not see"):
+        compiled(np.ones((2, 3), np.float32))
+    assert (W * 3.0).grad_fn is not None  # recording was aborted: eager mode works
+
+
+def test_bad_returns_and_errors_abort_recording():
+    def bad(x):
+        return 1.0
+
+    with pytest.raises(TypeError, match="loss tensor"):
+        spad.compile(bad)(np.ones(2, np.float32))
+
+    def boom(x):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        spad.compile(boom)(np.ones(2, np.float32))
+    with pytest.raises(RuntimeError, match="not been recorded"):
+        spad.compile(boom).plan_bytes
+    with pytest.raises(TypeError):
+        spad.compile(42)
+
+
+def test_saved_plan_replays_like_the_original(digits, tmp_path):
+    X, y = digits
+    m1, step = _mlp_step()
+    compiled = spad.compile(step)
+    batches = list(_batches(X, y, 6))
+    compiled(*batches[0])
+    path = tmp_path / "step.plan"
+    compiled.save(path)
+    loaded = spad._core._load_program(str(path))
+    assert loaded.n_records == compiled.n_records and loaded.plan_bytes == compiled.plan_bytes
+    for p, q in zip(loaded.parameters(), m1.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    for xb, yb in batches[1:]:
+        assert float(compiled(xb, yb)) == float(loaded.run((xb, yb)))
+    assert _max_rel(m1, type("M", (), {"parameters": lambda self: loaded.parameters()})()) == 0.0
+    assert not loaded.plan_dropped  # the first run verified the sizes, later runs used the arena
+
+
+def test_constants_made_while_recording_keep_the_plan(digits):
+    X, y = digits
+    model = nn.mlp([64, 128, 10], seed=0)
+    o = optim.SGD(model.parameters(), lr=0.05)
+
+    def step(x, yb):
+        loss = F.cross_entropy(model(x) * 0.5 + 1.0, yb) * 2.0  # scalars made in Python: constants
+        o.zero_grad()
+        loss.backward()
+        o.step()
+        return loss
+
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 4):
+        compiled(xb, yb)
+    assert compiled.plan_bytes > 0 and not compiled.program.plan_dropped
+
+
+def test_plan_reader_rejects_bad_files(digits, tmp_path):
+    X, y = digits
+    _, step = _mlp_step((64, 8, 10))
+    compiled = spad.compile(step)
+    compiled(*next(_batches(X, y, 1)))
+    good = tmp_path / "good.plan"
+    compiled.save(good)
+    data = good.read_bytes()
+    cases = {"magic": b"XXXX" + data[4:], "truncated": data[: len(data) // 2], "trailing": data + b"\0",
+             "huge count": data[:24] + (2**31).to_bytes(4, "little") + data[28:]}
+    for name, blob in cases.items():
+        p = tmp_path / f"{name}.plan"
+        p.write_bytes(blob)
+        with pytest.raises(ValueError, match="plan file"):
+            spad._core._load_program(str(p))
+    rng = np.random.default_rng(0)  # random byte flips: an error or a loadable plan, never a crash
+    for _ in range(200):
+        b = bytearray(data)
+        for i in rng.integers(8, len(b), 4):
+            b[i] = int(rng.integers(0, 256))
+        p = tmp_path / "flip.plan"
+        p.write_bytes(bytes(b))
+        try:
+            spad._core._load_program(str(p))
+        except ValueError:
+            pass
+
+
+def test_policy_steps_cannot_be_saved_yet(digits, tmp_path):
+    X, y = digits
+    _, step = _mlp_step((64, 8, 10), policy=S.RAD(keep=0.5))
+    compiled = spad.compile(step)
+    compiled(*next(_batches(X, y, 1)))
+    with pytest.raises(ValueError, match="sampling policy"):
+        compiled.save(tmp_path / "p.plan")
+
+
+def test_rosenbrock_program_without_inputs_matches_eager():
+    def make():
+        p = spad.tensor(np.array([-1.2, 1.0]), requires_grad=True)
+        o = optim.Adam([p], lr=0.01)
+
+        def step():
+            x, y = p[0], p[1]  # indexing: take with a constant index, recorded
+            loss = (1.0 - x) ** 2 + 100.0 * (y - x ** 2) ** 2
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return p, step
+
+    p1, eager = make()
+    p2, step = make()
+    compiled = spad.compile(step)
+    for _ in range(50):
+        assert float(eager()) == float(compiled())
+    np.testing.assert_array_equal(p1.numpy(), p2.numpy())
+    assert compiled.recordings == 1
+
+
+def test_step_returning_none_compiles_and_replays(digits):
+    # finish(None): a step with no loss to return (the benchmark's training steps) must not be
+    # refused by the Tensor caster that turns None away from ops.
+    X, y = digits
+    _, step = _mlp_step()
+
+    def no_loss(x, y):
+        step(x, y)
+
+    compiled = spad.compile(no_loss)
+    for xb, yb in _batches(X, y, 3):
+        assert compiled(xb, yb) is None
+    assert compiled.program.replays == 2 and not compiled.program.plan_dropped
