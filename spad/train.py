@@ -169,7 +169,7 @@ def _regularize(regularizer, loss, closure, params, optimizer):
 
 
 def _step_peak_allocated() -> int:
-    return int(_core.memory_stats().get("peak_allocated_bytes", 0))
+    return int(_core.memory_stats()["peak_allocated_bytes"])
 
 
 def _check_finite(params, epoch: int, step: int, grads: bool = True) -> None:

@@ -331,7 +331,7 @@ PYBIND11_MODULE(_core, m) {
           "Mean squared error over all elements; target: a tensor or array-like of the same shape.");
     m.def("matmul", &ops::matmul, py::arg("a"), py::arg("b"), "numpy.matmul semantics (1-D, 2-D, batched).");
     m.def("linear", [](const Tensor &x, const Tensor &W, const py::object &b) {
-              return ops::linear(x, W, b.is_none() ? Tensor() : b.cast<Tensor>());
+              return ops::linear(x, W, optional_tensor(b));
           }, py::arg("x"), py::arg("W"), py::arg("b") = py::none(),
           "x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.");
     m.def("linear_chain", [](const Tensor &x, const py::list &layers) {
@@ -342,7 +342,7 @@ PYBIND11_MODULE(_core, m) {
                        " items");
             ops::ChainLayer L;
             L.W = t[0].cast<Tensor>();
-            if (!t[1].is_none()) L.b = t[1].cast<Tensor>();
+            L.b = optional_tensor(py::reinterpret_borrow<py::object>(t[1]));
             L.relu = t[2].cast<bool>();
             ls.push_back(std::move(L));
         }
@@ -383,7 +383,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("concatenate", &ops::concat, py::arg("tensors"), py::arg("axis") = 0);
     m.def("conv2d", [](const Tensor &x, const Tensor &w, const py::object &b, std::array<int64_t, 2> stride,
                        std::array<int64_t, 2> padding) {
-              return ops::conv2d(x, w, b.is_none() ? Tensor() : b.cast<Tensor>(), stride, padding);
+              return ops::conv2d(x, w, optional_tensor(b), stride, padding);
           }, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
           py::arg("stride") = std::array<int64_t, 2>{1, 1}, py::arg("padding") = std::array<int64_t, 2>{0, 0});
     m.def("max_pool2d", &ops::max_pool2d, py::arg("x"), py::arg("k"));
@@ -473,7 +473,6 @@ PYBIND11_MODULE(_core, m) {
         .def("upcoming_step", &Policy::upcoming_step, "The step the next forward pass through a site belongs to.")
         .def("state_bytes", &Policy::state_bytes)
         .def("set_site_keep", [](Policy &p, const Tensor &w, const py::object &keep) {
-                 SPAD_CHECK(w, ValueError, "set_site_keep: got None instead of a weight tensor");
                  std::lock_guard<std::mutex> lk(p.mu);
                  if (keep.is_none()) {
                      p.site_keep.erase(w->storage.get());

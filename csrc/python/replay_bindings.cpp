@@ -143,8 +143,6 @@ std::vector<Tensor> bind_inputs(const replay::Program &P, const py::tuple &args)
     return in;
 }
 
-Tensor optional_tensor(const py::object &o) { return o.is_none() ? Tensor() : o.cast<Tensor>(); }
-
 // Note [Eager calls go to the original bindings]: `orig` (the binding being replaced) runs
 // whenever no step is recorded, `rec` (the recording wrapper) while one is. The wrapper keeps
 // orig's docstring, signature line included, so help() and the stubs still show the types.

@@ -22,3 +22,8 @@ class type_caster<std::shared_ptr<spad::TensorImpl>>
 };
 }  // namespace detail
 }  // namespace pybind11
+
+namespace spad {
+// An optional tensor argument (a bias) taken as a py::object: None means none.
+inline Tensor optional_tensor(const pybind11::object &o) { return o.is_none() ? Tensor() : o.cast<Tensor>(); }
+}  // namespace spad
