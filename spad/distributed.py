@@ -83,6 +83,9 @@ def _abort_hook(previous: Callable) -> Callable:
             sys.stderr.write(f"spad.distributed: rank {_world.rank} raised {exc_type.__name__}; aborting all "
                              f"{_world.size} ranks\n")
             sys.stderr.flush()
+            # Abort tears the job down at once, and the launcher may drop what it has not yet
+            # forwarded from this rank's stderr pipe: give it a moment, so the log says why.
+            time.sleep(0.2)
             _world.comm.Abort(1)
 
     hook._spad_abort = previous
