@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'has_grad_complete_hook', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_complete_hook', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'has_grad_complete_hook', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_allocated_bytes', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_complete_hook', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
 class TapeBudgetError(MemoryError):
     pass
 class Tensor:
@@ -458,6 +458,10 @@ def op_table() -> list:
     """
     (name, what it saves) for every op, from ops.def.
     """
+def peak_allocated_bytes() -> int:
+    """
+    memory_stats()['peak_allocated_bytes'] without building a dict (per-step bookkeeping).
+    """
 def peak_tape_bytes() -> tuple[int, int]:
     """
     (peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).
@@ -476,10 +480,13 @@ def rmsprop_step(params: collections.abc.Sequence[Tensor], sq: collections.abc.S
     ...
 def set_active_policy(policy: Policy) -> None:
     ...
-def set_grad_complete_hook(tensor: Tensor, hook: collections.abc.Callable[[Tensor], None]) -> None:
+def set_grad_complete_hook(tensor: Tensor, hook: collections.abc.Callable[[Tensor], None], rows: bool = False, add: bool = False) -> None:
     """
     Call hook(tensor) inside backward() once the pass has delivered the last contribution to the
     leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.
+    rows / add: the hook calls an optimizer step (sgd_step, ...) that can take a sampled weight's
+    gradient row-sparse / added into the weight (plain SGD only) without a dense .grad; the
+    hook then sees .grad None and must call that step.
     """
 def set_grad_enabled(arg0: bool) -> None:
     ...

@@ -48,8 +48,18 @@ class Optimizer:
       backward() that does reach it is one update (no accumulation over micro-batches).
     - ``clip_grad_norm`` raises: the global norm is known only after every gradient is freed.
     - ``lr`` and the other hyperparameters are read at each update, so a schedule applies from
-      the next backward(). ``remove_hooks()`` turns the optimizer back into an ordinary one;
-      hooks hold the optimizer weakly and stop when it is garbage-collected.
+      the next backward(); an lr that is not a finite number raises ValueError from backward()
+      before that parameter (and any later one) is touched. ``remove_hooks()`` turns the
+      optimizer back into an ordinary one; hooks hold the optimizer weakly and stop when it is
+      garbage-collected.
+    - a sampled weight gradient is applied without its dense dW where the estimator allows:
+      row-sparse ones (``RAD(mode="same")``, ``SPAD(unbiased=False)``: only the k sampled input
+      features' rows are non-zero) from the compact (k x out) rows, by every optimizer; the
+      untouched rows get the update with a zero gradient, so momentum and moment estimates decay
+      exactly as in the dense update (the work is the dense update's, the memory is not). Plain
+      ``SGD`` (no momentum) also adds ``-lr * dW`` of the per-example estimators (RAD, SPAD)
+      straight into the weight when dW is larger than the output gradient it must keep until
+      then. Parameters come out the same as with the dense dW up to float rounding.
     """
 
     _buffers: tuple = ()  # names of the per-parameter state arrays this optimizer keeps
@@ -93,15 +103,22 @@ class Optimizer:
         if in_backward:
             self._attach(name)
 
-    def _attach(self, name: str) -> None:
+    def _attach(self, name: str, implicit: bool = True) -> None:
         for i, p in enumerate(self.params):
             if _core.has_grad_complete_hook(p):
                 raise ValueError(f"{name}: parameter {i} of shape {p.shape} is already updated inside backward() "
                                  "(another optimizer with in_backward=True, or a gradient-complete hook)")
         ref = weakref.ref(self)
+        rows, add = self._implicit_forms() if implicit else (False, False)
         for i, p in enumerate(self.params):
-            _core.set_grad_complete_hook(p, _InBackwardHook(ref, i))
+            _core.set_grad_complete_hook(p, _InBackwardHook(ref, i), rows=rows, add=add)
         self.in_backward = True
+
+    def _implicit_forms(self):
+        """Which gradients without a dense dW this optimizer's update reads (rows, add into p).
+        Every fused update reads row-sparse ones; only an update linear in the gradient with no
+        state (plain SGD) can take one added into the parameter."""
+        return True, False
 
     def remove_hooks(self) -> None:
         """Stop updating inside backward(): from now on step() updates, as usual."""
@@ -137,6 +154,9 @@ class Optimizer:
     def _update_one(self, i: int) -> None:
         """The in-backward update of parameter i (called by its gradient-complete hook)."""
         p = self.params[i]
+        # Checked here, not only in step(): with in_backward the updates run before step(). Raising
+        # leaves this parameter (and the ones backward reaches later) untouched.
+        _check_real(type(self).__name__, "lr", self.lr)
         self._counts[i] += 1
         self._apply([p], {k: [v[i]] for k, v in self._views.items()}, self._counts[i])
         _core.clear_grads([p])
@@ -211,6 +231,9 @@ class SGD(Optimizer):
 
     def _apply(self, params, views, step):
         _core.sgd_step(params, views.get("momentum", []), self.lr, self.momentum, self.nesterov, self.weight_decay)
+
+    def _implicit_forms(self):
+        return True, self.momentum == 0
 
 
 class Adagrad(Optimizer):

@@ -169,7 +169,7 @@ def _regularize(regularizer, loss, closure, params, optimizer):
 
 
 def _step_peak_allocated() -> int:
-    return int(_core.memory_stats()["peak_allocated_bytes"])
+    return int(_core.peak_allocated_bytes())  # one counter, not the whole memory_stats() dict
 
 
 def _check_finite(params, epoch: int, step: int, grads: bool = True) -> None:

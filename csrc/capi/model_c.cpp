@@ -316,9 +316,12 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
         } unhook{ps, ctx->update_in_backward};
         if (unhook.on)
             for (size_t i = 0; i < ps.size(); ++i)
+                // A sampled weight's gradient may arrive without the dense dW (Note [Implicit
+                // leaf gradients] in tape.h): row-sparse, or added straight into the weight.
                 spad::set_grad_complete_hook(ps[i], [&, i](const spad::Tensor &p) {
-                    if (p->grad && bad == ps.size()) {
-                        if (spad::all_finite(p->grad)) {
+                    const spad::ImplicitGrad *ig = spad::implicit_grad(p);
+                    if ((p->grad || ig) && bad == ps.size()) {
+                        if (ig ? ig->all_finite() : spad::all_finite(p->grad)) {
                             spad::optim::sgd({p}, {}, lr, 0.0, false, 0.0);
                             ++updated;
                         } else {
@@ -326,7 +329,7 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
                         }
                     }
                     p->grad.reset();
-                });
+                }, spad::GRAD_ROWS | spad::GRAD_ADD);
         double value;
         {
             spad::Tensor y = forward(*model, xt);

@@ -147,6 +147,7 @@ namespace {
 struct HookEntry {
     std::weak_ptr<TensorImpl> leaf;
     std::shared_ptr<const GradHook> fn;
+    unsigned forms = GRAD_DENSE;  // Note [Implicit leaf gradients]
 };
 struct HookRegistry {
     std::mutex mu;
@@ -161,7 +162,7 @@ HookRegistry &hook_registry() {
     return *r;
 }
 
-std::shared_ptr<const GradHook> hook_of(const TensorImpl *t) {
+std::shared_ptr<const GradHook> hook_of(const TensorImpl *t, unsigned *forms = nullptr) {
     HookRegistry &r = hook_registry();
     std::shared_ptr<const GradHook> fn, dead;
     {
@@ -174,13 +175,14 @@ std::shared_ptr<const GradHook> hook_of(const TensorImpl *t) {
             r.size = r.map.size();
         } else {
             fn = it->second.fn;
+            if (forms) *forms = it->second.forms;
         }
     }
     return fn;
 }
 }  // namespace
 
-void set_grad_complete_hook(const Tensor &leaf, GradHook hook) {
+void set_grad_complete_hook(const Tensor &leaf, GradHook hook, unsigned forms) {
     SPAD_CHECK(leaf, ValueError, "set_grad_complete_hook: got None instead of a tensor");
     SPAD_CHECK(leaf->is_leaf() && leaf->requires_grad, ValueError, "set_grad_complete_hook: the tensor of shape ",
                shape_str(leaf->shape), " is not a leaf that requires grad; only leaves accumulate gradients");
@@ -192,7 +194,7 @@ void set_grad_complete_hook(const Tensor &leaf, GradHook hook) {
         old = std::move(it->second.fn);  // destroyed after the lock is released (declared before it)
         r.map.erase(it);
     }
-    if (fn) r.map.emplace(leaf.get(), HookEntry{leaf, std::move(fn)});
+    if (fn) r.map.emplace(leaf.get(), HookEntry{leaf, std::move(fn), forms});
     r.size = r.map.size();
 }
 
@@ -206,10 +208,81 @@ namespace {
 // contribution, and whether any contribution arrived.
 struct HookedLeaf {
     std::shared_ptr<const GradHook> fn;  // null: the leaf has no hook
+    unsigned forms = GRAD_DENSE;
     int64_t owed = 0;
     bool got = false;
 };
+
+// The reverse sweep running on this thread, as the rule of `cur` sees it (Note [Implicit
+// leaf gradients]): which leaves are hooked, and which of cur's edges the rule settled itself.
+struct Sweep {
+    std::unordered_map<const TensorImpl *, HookedLeaf> *hooked = nullptr;
+    bool create_graph = false;
+    const Node *cur = nullptr;
+    std::vector<char> settled;
+};
+thread_local Sweep *g_sweep = nullptr;
+
+// The implicit gradient a hook on this thread is applying.
+struct Applying {
+    const TensorImpl *leaf = nullptr;
+    const ImplicitGrad *g = nullptr;
+    bool consumed = false;
+};
+thread_local Applying g_applying;
 }  // namespace
+
+static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph);
+
+Tensor ImplicitGrad::dense() const {
+    Tensor d = zeros(shape(), dtype());
+    add_to(d, 1.0);
+    return d;
+}
+
+unsigned implicit_grad_wanted(const Node &n, size_t i) {
+    const Sweep *sw = g_sweep;
+    if (!sw || sw->cur != &n || sw->create_graph || i >= n.next.size()) return GRAD_DENSE;
+    const Edge &e = n.next[i];
+    if (!e.leaf || e.leaf->grad) return GRAD_DENSE;
+    auto it = sw->hooked->find(e.leaf.get());
+    // owed == 1: this edge is the pass's last one into the leaf, and no earlier one delivered
+    // (leaf->grad is empty), so the rule's contribution is the whole gradient.
+    if (it == sw->hooked->end() || !it->second.fn || it->second.owed != 1) return GRAD_DENSE;
+    return it->second.forms;
+}
+
+const ImplicitGrad *implicit_grad(const Tensor &leaf) {
+    if (!leaf || g_applying.leaf != leaf.get()) return nullptr;
+    g_applying.consumed = true;
+    return g_applying.g;
+}
+
+void apply_implicit(const Node &n, size_t i, const ImplicitGrad &g) {
+    SPAD_CHECK(implicit_grad_wanted(n, i) != GRAD_DENSE, RuntimeError, op_name(n.op),
+               ": an implicit gradient for input ", i, " that backward did not ask for (a backward rule is wrong)");
+    const Tensor &leaf = n.next[i].leaf;
+    SPAD_CHECK(g.shape() == leaf->shape && g.dtype() == leaf->dtype, RuntimeError, "backward: gradient of shape ",
+               shape_str(g.shape()), " does not match its tensor of shape ", shape_str(leaf->shape),
+               " (an op's backward rule is wrong)");
+    Sweep &sw = *g_sweep;
+    HookedLeaf &h = sw.hooked->at(leaf.get());
+    sw.settled[i] = 1;
+    h.got = true;
+    --h.owed;
+    struct Scope {  // restored on every exit: a hook may throw (a bad learning rate)
+        Applying prev;
+        Scope(const TensorImpl *l, const ImplicitGrad *g) : prev(g_applying) { g_applying = Applying{l, g, false}; }
+        ~Scope() { g_applying = prev; }
+    } scope(leaf.get(), &g);
+    {
+        NoGradGuard no_grad;
+        (*h.fn)(leaf);
+    }
+    // A hook that did not read the gradient (an optimizer that stopped updating in backward)
+    // still finds it where a dense gradient would be.
+    if (!g_applying.consumed) accumulate_leaf(leaf, g.dense(), false);
+}
 
 static void accumulate_leaf(const Tensor &leaf, const Tensor &g, bool create_graph) {
     SPAD_CHECK(g->shape == leaf->shape, RuntimeError, "backward: gradient of shape ", shape_str(g->shape),
@@ -273,7 +346,7 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                 stack.push_back(e.node.get());
             } else if (e.leaf && any_hooks) {
                 auto ins = hooked.emplace(e.leaf.get(), HookedLeaf{});
-                if (ins.second) ins.first->second.fn = hook_of(e.leaf.get());
+                if (ins.second) ins.first->second.fn = hook_of(e.leaf.get(), &ins.first->second.forms);
                 ins.first->second.owed++;
             }
         }
@@ -296,6 +369,14 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
     set_grad_enabled(create_graph);
     root->grad_fn->grad_acc = seed;
     std::vector<Tensor> gin;
+    Sweep sweep;
+    sweep.hooked = &hooked;
+    sweep.create_graph = create_graph;
+    struct SweepScope {  // a hook may itself run a backward pass: restore the outer sweep
+        Sweep *prev;
+        explicit SweepScope(Sweep *s) : prev(g_sweep) { g_sweep = s; }
+        ~SweepScope() { g_sweep = prev; }
+    } sweep_scope(hooked.empty() ? nullptr : &sweep);
     try {
         for (Node *n : order) {
             Tensor g = std::move(n->grad_acc);
@@ -311,7 +392,12 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                        "they have already been freed). Saved intermediate values of the graph are freed when you call "
                        "backward(); specify retain_graph=True if you need to backward through the graph a second time.");
             gin.assign(n->next.size(), nullptr);
+            if (!hooked.empty()) {
+                sweep.cur = n;
+                sweep.settled.assign(n->next.size(), 0);
+            }
             kOps[(int)n->op].backward(*n, g, gin.data());
+            sweep.cur = nullptr;
             // Free at last use: the incoming gradient and the payloads are dead once the rule
             // has run, so they go before the outgoing gradients are accumulated (which may
             // allocate), not at the end of the iteration.
@@ -328,7 +414,7 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
                 Edge &e = n->next[i];
                 if (!e.valid()) continue;
                 if (!gin[i]) {
-                    if (e.leaf && !hooked.empty()) settle(e, false);
+                    if (e.leaf && !hooked.empty() && !sweep.settled[i]) settle(e, false);
                     continue;
                 }
                 if (e.node) {

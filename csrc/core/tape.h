@@ -46,8 +46,52 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
 // every node that reads the leaf has run by then. One hook per leaf; an empty function
 // removes it. The registry holds the leaf weakly, so a dead tensor's hook is never called.
 using GradHook = std::function<void(const Tensor &leaf)>;
-void set_grad_complete_hook(const Tensor &leaf, GradHook hook);
+
+// Note [Implicit leaf gradients]
+//   A sampled weight gradient can often be applied without ever holding the dense dW: when
+//   it is row-sparse (RAD mode="same", biased SPAD: only the k sampled input features' rows
+//   are non-zero) as a compact (rows, k x m) pair, and for plain SGD (p -= lr * dW, linear in
+//   dW) of any per-feature estimator by adding lr * dW straight into p. A hook that can
+//   consume such forms says so (GradForms); a backward rule that can produce one asks
+//   implicit_grad_wanted() and, if so, hands the gradient to apply_implicit() instead of
+//   returning it in gin: the hook then runs at once, inside the rule, and the consumer reads
+//   the gradient through implicit_grad(leaf) (the optimizers in optim.cpp do). The rule must
+//   have finished reading the leaf's value (dx = g W^T) before it calls apply_implicit().
+//   Only a leaf with no .grad yet, that this pass reaches through that one edge, and only
+//   without create_graph, qualifies: then the rule's contribution is the whole gradient.
+//   A hook that leaves the gradient unread gets it written out densely into leaf->grad.
+enum GradForms : unsigned {
+    GRAD_DENSE = 0,     // leaf->grad only (every hook understands it)
+    GRAD_ROWS = 1,      // ImplicitGrad::rows(): the non-zero rows of a 2-D gradient, compactly
+    GRAD_ADD = 2,       // ImplicitGrad::add_to(): dst += alpha * grad, no dense temporary
+};
+struct ImplicitGrad {
+    virtual ~ImplicitGrad() = default;
+    virtual Shape shape() const = 0;
+    virtual DType dtype() const = 0;
+    // Row-sparse form (GRAD_ROWS): distinct row indices (I64, u) and their values (u x m); the
+    // gradient is zero in every other row. False if this gradient has no such form.
+    virtual bool rows(Tensor &idx, Tensor &vals) const = 0;
+    // dst += alpha * grad (dst: contiguous, this shape and dtype). Always available.
+    virtual void add_to(const Tensor &dst, double alpha) const = 0;
+    // False if a value the gradient is made of is NaN or inf (an inf from overflowing sums of
+    // finite values is not detected).
+    virtual bool all_finite() const = 0;
+    Tensor dense() const;  // the gradient written out (fallback for a consumer of GRAD_DENSE)
+};
+
+void set_grad_complete_hook(const Tensor &leaf, GradHook hook, unsigned forms = GRAD_DENSE);
 bool has_grad_complete_hook(const Tensor &leaf);
+
+// Inside a backward rule of node n: the forms input i's gradient may be handed over in
+// (GRAD_DENSE = 0: return it in gin[i] as usual).
+unsigned implicit_grad_wanted(const Node &n, size_t i);
+// Runs input i's gradient-complete hook with `g` as its gradient (Note [Implicit leaf gradients]);
+// the rule leaves gin[i] empty.
+void apply_implicit(const Node &n, size_t i, const ImplicitGrad &g);
+// Inside a gradient-complete hook: the implicit gradient of `leaf` being applied, or null
+// (then the gradient is leaf->grad). Reading it counts as consuming it.
+const ImplicitGrad *implicit_grad(const Tensor &leaf);
 
 // The backward rule of each op, generated from ops.def.
 using BackwardFn = void (*)(Node &n, const Tensor &g, Tensor *gin);

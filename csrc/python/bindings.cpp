@@ -371,11 +371,15 @@ PYBIND11_MODULE(_core, m) {
         return -1;
     }, py::arg("tensors"), py::arg("grads") = false,
     "Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.");
-    m.def("set_grad_complete_hook", [](const Tensor &t, std::function<void(Tensor)> fn) {
-        set_grad_complete_hook(t, fn ? GradHook([fn](const Tensor &leaf) { fn(leaf); }) : GradHook());
-    }, py::arg("tensor"), py::arg("hook").none(true),
+    m.def("set_grad_complete_hook", [](const Tensor &t, std::function<void(Tensor)> fn, bool rows, bool add) {
+        set_grad_complete_hook(t, fn ? GradHook([fn](const Tensor &leaf) { fn(leaf); }) : GradHook(),
+                               (rows ? GRAD_ROWS : 0u) | (add ? GRAD_ADD : 0u));
+    }, py::arg("tensor"), py::arg("hook").none(true), py::arg("rows") = false, py::arg("add") = false,
           "Call hook(tensor) inside backward() once the pass has delivered the last contribution to the\n"
-          "leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.");
+          "leaf's .grad (not at all if it delivers none); None removes it. One hook per leaf.\n"
+          "rows / add: the hook calls an optimizer step (sgd_step, ...) that can take a sampled weight's\n"
+          "gradient row-sparse / added into the weight (plain SGD only) without a dense .grad; the\n"
+          "hook then sees .grad None and must call that step.");
     m.def("has_grad_complete_hook", [](const Tensor &t) { return has_grad_complete_hook(t); }, py::arg("tensor"));
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));
@@ -429,6 +433,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("reset_peak_memory_stats", &reset_peak_memory_stats);
     m.def("peak_tape_bytes", [] { return py::make_tuple(mem_stats().peak_tape_bytes.load(), mem_stats().peak_exact_tape_bytes.load()); },
           "(peak_tape_bytes, peak_exact_tape_bytes) without building a dict (per-step bookkeeping).");
+    m.def("peak_allocated_bytes", [] { return mem_stats().peak_allocated_bytes.load(); },
+          "memory_stats()['peak_allocated_bytes'] without building a dict (per-step bookkeeping).");
     m.def("set_tape_budget", [](const py::object &b) {
         int64_t v = b.is_none() ? -1 : b.cast<int64_t>();
         SPAD_CHECK(b.is_none() || v >= 0, ValueError, "set_tape_budget: budget must be >= 0 bytes or None, got ", v);

@@ -375,7 +375,7 @@ static spad_ctx_t *ctx_in_arenas(int32_t update_in_backward) {
 }
 
 // params.update_in_backward: the same SGD arithmetic, applied during backward, gives
-// bitwise the same parameters and a lower step arena peak (one weight gradient alive at
+// the same parameters (up to rounding) and a lower step arena peak (one weight gradient alive at
 // a time instead of all of them). Sampled (RAD keep 0.1, same seed): there the peak is in
 // backward; an exact step peaks as backward begins, with the whole tape, and gains nothing.
 static void test_update_in_backward() {
@@ -400,7 +400,11 @@ static void test_update_in_backward() {
     std::printf("test_update_in_backward: RAD keep 0.1 step arena peak %lld bytes updating after backward, "
                 "%lld in backward\n",
                 (long long)peak[0], (long long)peak[1]);
-    CHECK(!after[0].empty() && after[0] == after[1]);
+    // Sampled weights' gradients reach SGD without a dense dW (Note [Implicit leaf gradients]
+    // in tape.h): added into the weight, summed in another order, so equal up to rounding.
+    CHECK(!after[0].empty() && after[0].size() == after[1].size());
+    for (size_t i = 0; i < after[0].size(); ++i)
+        CHECK(std::fabs(after[0][i] - after[1][i]) <= 1e-5f * std::fabs(after[0][i]) + 1e-6f);
     // At the old peak all gradients were alive (two 128x128 weights: 64 KiB each); now at
     // most one is, next to the layer's input gradient (measured: 230,784 -> 178,464 B).
     CHECK(peak[1] + 128 * 128 * 4 / 2 <= peak[0]);

@@ -161,10 +161,16 @@ void backward_MATMUL(Node &n, const Tensor &g, Tensor *gin) {
     }
     if (n.needs(1)) {
         const Shape &ws = n.in_shape[1];
-        if (n.at.i0 & 1)  // x @ W: dW = x^T g over all rows of the batch dimensions
-            gin[1] = weight_input_grad(n, n.saved[0], reshape(g, {-1, ws[1]}), ws);
-        else
+        if (n.at.i0 & 1) {  // x @ W: dW = x^T g over all rows of the batch dimensions
+            const Tensor g2 = reshape(g, {-1, ws[1]});
+            // dx is done: W may be updated now (Note [Implicit leaf gradients] in tape.h)
+            if (std::unique_ptr<ImplicitGrad> dW = implicit_weight_grad(n, 1, n.saved[0], g2, ws, 0))
+                apply_implicit(n, 1, *dW);
+            else
+                gin[1] = weight_input_grad(n, n.saved[0], g2, ws);
+        } else {
             gin[1] = sum_to(matmul(transpose(n.saved[0].get("matmul"), -1, -2), g), ws);
+        }
     }
 }
 namespace ops {
@@ -222,15 +228,31 @@ Tensor linear(const Tensor &x, const Tensor &W, const Tensor &b) {
     return out;
 }
 }  // namespace ops
+static void linear_dx(Node &n, const Tensor &g, const Tensor &g2, Tensor *gin);
+
 void backward_LINEAR(Node &n, const Tensor &g, Tensor *gin) {
     const int64_t R = n.at.i0;
     const Shape &ws = n.in_shape[1];
     Tensor g2 = reshape(g, {R, ws[1]});
     // dW and db first: dx may then overwrite g, which the tape hands over as this rule's
     // alone (Note [Buffer reuse] in reuse.h); dx = g W^T row by row fits when in <= out.
-    if (n.needs(1)) gin[1] = weight_input_grad(n, n.saved[0], g2, ws);
+    // A dW the weight's in-backward optimizer takes without the dense matrix (Note [Implicit
+    // leaf gradients] in tape.h) is applied after dx, which still reads the old W.
+    std::unique_ptr<ImplicitGrad> dW;
+    if (n.needs(1)) {
+        const bool dx_over_g = n.needs(0) && ws[0] <= ws[1] && 2 * ws[0] >= ws[1] && R > 0;
+        dW = implicit_weight_grad(n, 1, n.saved[0], g2, ws,
+                                  dx_over_g ? R * ws[0] * (int64_t)dtype_size(g->dtype) : 0);
+        if (!dW) gin[1] = weight_input_grad(n, n.saved[0], g2, ws);
+    }
     if (n.needs(2)) gin[2] = sum(g2, {0}, false);
-    if (!n.needs(0)) return;
+    if (n.needs(0)) linear_dx(n, g, g2, gin);
+    if (dW) apply_implicit(n, 1, *dW);
+}
+
+static void linear_dx(Node &n, const Tensor &g, const Tensor &g2, Tensor *gin) {
+    const int64_t R = n.at.i0;
+    const Shape &ws = n.in_shape[1];
     const Tensor &W = n.saved[1].get("linear");
     // exact dx = g W^T (a sampled g only under the research option placement="everywhere")
     const Tensor gd = n.needs(1) ? output_grad_for_dx(n.saved[0], g2) : g2;

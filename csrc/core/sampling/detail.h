@@ -92,6 +92,18 @@ struct PackScope {
 struct WeightPayload : SampledPayload {
     RandomStream rs;
     virtual Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const = 0;
+    // Note [Implicit leaf gradients] (tape.h): the forms (GRAD_ROWS, GRAD_ADD) this family can
+    // hand its dW over in without building it, and those forms. Each has the side effects
+    // weight_grad() has (sampled scores, stale norms), and the same arithmetic per row.
+    virtual unsigned implicit_forms() const { return GRAD_DENSE; }
+    // GRAD_ROWS: the distinct rows dW is non-zero in (I64, u) and their values (u x m).
+    virtual void weight_rows(SiteState &, const Tensor &, const Shape &, Tensor &, Tensor &) const {
+        throw RuntimeError("sampling: this payload has no row-sparse weight gradient");
+    }
+    // GRAD_ADD: dst += alpha * dW (dst contiguous, wshape), from g.
+    virtual void add_weight_grad(SiteState &, const Tensor &, const Shape &, const Tensor &, double) const {
+        throw RuntimeError("sampling: this payload cannot add its weight gradient in place");
+    }
 };
 // A family packed for conv2d estimates dW from g (N, C_out, Ho, Wo); `site` is null when
 // the family keeps no per-site state.
@@ -234,6 +246,11 @@ constexpr int64_t kMagnitudeBlock = 16;
 template <class T>
 void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k, double scale,
                       const std::vector<int32_t> &feat);
+// dst (n x m) += alpha * that dW, one row at a time (a row of m values is the only temporary;
+// implicit.cpp). The same bucketing, so each dst row receives one add of its summed row.
+template <class T>
+void add_features(T *dst, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k, double scale,
+                  const std::vector<int32_t> &feat, double alpha);
 
 }  // namespace sampling_detail
 }  // namespace spad

@@ -181,12 +181,19 @@ static void accumulate_scores(SiteState &s, const T *vals, const T *g, int64_t B
 // Per-example features, entry e = b*k + s: dW[i_e, :] += scale * v_e * dy_b (features.cpp's
 // kernel). The feature of each entry: regenerated uniformly (RAD "different"), drawn from
 // the site's q and regenerated from the stored q (SPAD), or stored as a signed code (magnitude).
+// With `dst` (Note [Implicit leaf gradients] in tape.h), dst += alpha * dW instead, and no dW.
 template <class Draw>
 static Tensor feature_grad(const Tensor &g, const Tensor &values, const Shape &wshape, int64_t k, double scale,
-                           std::vector<int32_t> &feat, Draw draw) {
+                           std::vector<int32_t> &feat, Draw draw, const Tensor &dst = Tensor(), double alpha = 0) {
     const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
     feat.resize(B * k);
     for (int64_t e = 0; e < B * k; ++e) feat[e] = (int32_t)draw(e);
+    if (dst) {
+        SPAD_FLOAT(g->dtype, T, {
+            add_features(dst->data<T>(), nf, m, g->data<T>(), values->data<T>(), B, k, scale, feat, alpha);
+        });
+        return dst;
+    }
     Tensor dW = empty(wshape, g->dtype);  // every row is written
     SPAD_FLOAT(g->dtype, T, { scatter_features(dW->data<T>(), nf, m, g->data<T>(), values->data<T>(), B, k, scale, feat); });
     return dW;
@@ -198,11 +205,18 @@ struct UniformFeatures final : WeightPayload {
     int64_t k = 0;
     std::vector<Tensor> kept() const override { return {values}; }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        return grad(g, wshape, Tensor(), 0);
+    }
+    unsigned implicit_forms() const override { return GRAD_ADD; }
+    void add_weight_grad(SiteState &, const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const override {
+        grad(g, wshape, dst, alpha);
+    }
+    Tensor grad(const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const {
         const int64_t nf = wshape[0];
         const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         std::vector<int32_t> feat;
         return feature_grad(g, values, wshape, k, (double)nf / (double)k, feat,
-                            [&](int64_t e) { return (int64_t)draws.below((uint64_t)e, (uint32_t)nf); });
+                            [&](int64_t e) { return (int64_t)draws.below((uint64_t)e, (uint32_t)nf); }, dst, alpha);
     }
 };
 
@@ -214,10 +228,19 @@ struct ScoredFeatures final : WeightPayload {
     int64_t k = 0;
     std::vector<Tensor> kept() const override { return {values, q}; }
     Tensor weight_grad(SiteState &site, const Tensor &g, const Shape &wshape) const override {
+        return grad(site, g, wshape, Tensor(), 0);
+    }
+    unsigned implicit_forms() const override { return GRAD_ADD; }
+    void add_weight_grad(SiteState &site, const Tensor &g, const Shape &wshape, const Tensor &dst,
+                         double alpha) const override {
+        grad(site, g, wshape, dst, alpha);
+    }
+    Tensor grad(SiteState &site, const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const {
         const Alias al(q->data<double>(), wshape[0]);
         const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
         std::vector<int32_t> feat;
-        Tensor dW = feature_grad(g, values, wshape, k, 1.0, feat, [&](int64_t e) { return al.draw(draws, (uint64_t)e); });
+        Tensor dW = feature_grad(g, values, wshape, k, 1.0, feat, [&](int64_t e) { return al.draw(draws, (uint64_t)e); },
+                                 dst, alpha);
         if (site.cfg.sampled_scores) {
             std::lock_guard<std::mutex> lk(site.mu);
             SPAD_FLOAT(g->dtype, T, {
@@ -236,6 +259,13 @@ struct MagnitudeFeatures final : WeightPayload {
     int64_t k = 0;
     std::vector<Tensor> kept() const override { return {codes, row_scale}; }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
+        return grad(g, wshape, Tensor(), 0);
+    }
+    unsigned implicit_forms() const override { return GRAD_ADD; }
+    void add_weight_grad(SiteState &, const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const override {
+        grad(g, wshape, dst, alpha);
+    }
+    Tensor grad(const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const {
         const int64_t B = g->shape[0];
         const bool wide = codes->numel() == 4 * B * k;
         const uint8_t *pc = codes->data<uint8_t>();
@@ -258,8 +288,13 @@ struct MagnitudeFeatures final : WeightPayload {
                 feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
                 v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
             }
-            dW = empty(wshape, g->dtype);
-            scatter_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat);
+            if (dst) {
+                add_features(dst->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat, alpha);
+                dW = dst;
+            } else {
+                dW = empty(wshape, g->dtype);
+                scatter_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat);
+            }
         });
         return dW;
     }
@@ -274,6 +309,37 @@ struct SharedColumnsPayload final : WeightPayload {
     int64_t k = 0;
     double scale = 1.0;
     std::vector<Tensor> kept() const override { return {values, top}; }
+    unsigned implicit_forms() const override { return GRAD_ROWS; }  // (a consumer adds rows itself)
+    // The row-sparse form: G = x[:, idx]^T dy (k x m), then the rows of a repeated feature
+    // (RAD "same" draws with replacement) folded into its first one, in s order, so each row
+    // holds exactly the value weight_grad() would write there: 0 + scale*G[s1] + scale*G[s2] ...
+    // The distinct rows are compacted to the front of G's storage: no second (u x m) buffer.
+    void weight_rows(SiteState &, const Tensor &g, const Shape &wshape, Tensor &idx, Tensor &vals) const override {
+        const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
+        const RandomStream draws = rs;  // a local copy: its block cache is not shared between threads
+        const int64_t *pt = top ? top->data<int64_t>() : nullptr;
+        Tensor G = empty({k, m}, g->dtype);
+        std::vector<int64_t> first(nf, -1), rows;  // first[i]: the compact row of feature i
+        SPAD_FLOAT(g->dtype, T, {
+            gemm(true, false, k, m, B, T(1), values->data<T>(), k, g->data<T>(), m, T(0), G->data<T>(), m);
+            T *pG = G->data<T>();
+            for (int64_t s = 0; s < k; ++s) {
+                const int64_t i = pt ? pt[s] : (int64_t)draws.below((uint64_t)s, (uint32_t)nf);
+                const T *src = pG + s * m;
+                if (first[i] < 0) {  // rows.size() <= s: moving row s down never overwrites an unread row
+                    first[i] = (int64_t)rows.size();
+                    rows.push_back(i);
+                    T *dstp = pG + first[i] * m;
+                    for (int64_t j = 0; j < m; ++j) dstp[j] = (T)scale * src[j];
+                } else {
+                    T *dstp = pG + first[i] * m;
+                    for (int64_t j = 0; j < m; ++j) dstp[j] += (T)scale * src[j];
+                }
+            }
+        });
+        idx = index_tensor(rows);
+        vals = view(G, {(int64_t)rows.size(), m}, contiguous_strides({(int64_t)rows.size(), m}), 0);
+    }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
         const int64_t nf = wshape[0], m = wshape[1], B = g->shape[0];
         Tensor dW = zeros(wshape, g->dtype);

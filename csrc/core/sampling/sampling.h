@@ -132,6 +132,16 @@ inline bool is_sampled(const SavedTensor &slot) { return slot.kind == SaveKind::
 void pack_weight_input(Node &n, SavedTensor &slot, const Tensor &x2d, const Tensor &W);
 // dW estimated from a sampled payload (is_sampled(slot)).
 Tensor sampled_weight_grad(Node &n, const SavedTensor &slot, const Tensor &g2d, const Shape &wshape);
+// The same dW in implicit form (Note [Implicit leaf gradients] in tape.h), for input `input`
+// of n, a weight whose hook takes one: row-sparse (RAD mode="same", SPAD_TOPK; the compact
+// rows are computed now) or added into the weight from g later (per-feature estimators, for
+// plain SGD; g must then stay alive, which costs `g_kept_bytes`: what dx written over g would
+// have saved, so this form is chosen only when dW is larger). Null when none applies: then
+// the rule computes dW as usual. Otherwise the rule computes dx (it must not overwrite g
+// unless the form is row-sparse: it holds a reference, so reusable(g) says no) and then
+// calls apply_implicit(n, input, *result).
+std::unique_ptr<ImplicitGrad> implicit_weight_grad(Node &n, size_t input, const SavedTensor &slot, const Tensor &g2d,
+                                                   const Shape &wshape, int64_t g_kept_bytes);
 // An exact payload of pack_weight_input was read by the op's exact dW = x^T g: notes the
 // read and, on a SPAD scoring pass, refreshes the site's scores from x and g.
 void note_exact_read(const SavedTensor &slot, const Tensor &x, const Tensor &g2d);
