@@ -4,6 +4,7 @@ OS sees (peak RSS growth of a fresh process over three steps), exact vs RAD / SP
 allocated bytes over one step (forward, then backward and the optimizer), exact vs keep 0.1.
 
     python benchmarks/realized_memory.py [--quick] [--only deep]
+    python benchmarks/realized_memory.py --rows [--only w2]   # row-sparse dW applied in backward
     python benchmarks/realized_memory.py --child '{"arch": "deep", "engine": "spad", "policy": "rad"}'
 
 Every configuration runs in its own fresh interpreter (RSS must not bleed between them; spad
@@ -56,7 +57,8 @@ def _sizes(arch):
 
 def _policy(S, name):
     return {"exact": lambda: None, "rad": lambda: S.RAD(KEEP, seed=0), "crs": lambda: S.CRS(KEEP, seed=0),
-            "spad": lambda: S.SPAD(KEEP, refresh=2, seed=0)}[name]()
+            "spad": lambda: S.SPAD(KEEP, refresh=2, seed=0),
+            "rad-same": lambda: S.RAD(KEEP, mode="same", seed=0)}[name]()
 
 
 def child_spad(cfg):
@@ -71,6 +73,9 @@ def child_spad(cfg):
     model = spad_model(nn, None if arch == "cnn" else _sizes(arch))
     kw = {"in_backward": True} if cfg.get("in_backward") else {}
     opt = optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **kw)
+    if cfg.get("dense_dW"):  # in backward, but every sampled dW built dense (the path before row-sparse apply)
+        opt.remove_hooks()
+        opt._attach("SGD", implicit=False)
     pol = _policy(S, cfg["policy"])
     xs = spad.tensor(x)  # borrowed: numpy's memory, not spad's allocation
     param_bytes = sum(p.numpy().nbytes for p in model.parameters())
@@ -151,7 +156,15 @@ def has_in_backward() -> bool:
     return "in_backward" in inspect.signature(optim.SGD.__init__).parameters
 
 
-def configs(archs):
+def configs(archs, rows=False):
+    if rows:  # RAD mode="same": row-sparse dW, applied from its k compact rows in backward or dense
+        for arch in archs:
+            yield {"arch": arch, "engine": "spad", "policy": "exact", "in_backward": False}
+            yield {"arch": arch, "engine": "spad", "policy": "exact", "in_backward": True}
+            yield {"arch": arch, "engine": "spad", "policy": "rad-same", "in_backward": False}
+            yield {"arch": arch, "engine": "spad", "policy": "rad-same", "in_backward": True, "dense_dW": True}
+            yield {"arch": arch, "engine": "spad", "policy": "rad-same", "in_backward": True}
+        return
     ib = [False, True] if has_in_backward() else [False]
     for arch in archs:
         yield {"arch": arch, "engine": "torch", "policy": "exact"}
@@ -202,7 +215,8 @@ def report(results):
         eng = "exact" if cfg["policy"] == "exact" else f"{cfg['policy'].upper()} keep {KEEP}"
         ratio = r["step_peak"] / exact_peak[cfg["arch"]]
         rss_bar = r["rss_growth"] / (1.3 * r["step_peak"] + 8 * MiB)
-        out.append(f"| {name} | {eng} | {'yes' if cfg.get('in_backward') else 'no'} | {mb(r['tape'])} | "
+        ibs = ("yes, dense dW" if cfg.get("dense_dW") else "yes") if cfg.get("in_backward") else "no"
+        out.append(f"| {name} | {eng} | {ibs} | {mb(r['tape'])} | "
                    f"{mb(r['step_peak'])} | {ratio:.2f} | {mb(r['rss_growth'])} | {rss_bar:.2f} |")
     return "\n".join(out)
 
@@ -257,6 +271,8 @@ def main():
     ap.add_argument("--only", choices=list(ARCHS), action="append", help="workloads to run (default: all)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--allocators", action="store_true", help="only the SPAD_MALLOC comparison (deep MLP)")
+    ap.add_argument("--rows", action="store_true",
+                    help="only RAD mode='same' (row-sparse dW): in backward from compact rows vs dense dW (no PyTorch)")
     args = ap.parse_args()
     if args.child:
         cfg = json.loads(args.child)
@@ -267,10 +283,10 @@ def main():
         print(f"CPU: {benchlib.cpu_model()}; deep MLP 784-1024x4-10, batch 4096, one thread\n")
         print(allocators())
         return
-    archs = args.only or list(ARCHS)
+    archs = args.only or ([a for a in ARCHS if a != "cnn"] if args.rows else list(ARCHS))  # rows: linear layers
     torch_ok = not args.no_torch and benchlib.import_torch() is not None
     results = []
-    for cfg in configs(archs):
+    for cfg in configs(archs, args.rows):
         if cfg["engine"] == "torch" and not torch_ok:
             continue
         r = measure(cfg)
@@ -279,6 +295,8 @@ def main():
                                      if isinstance(v, int) and k not in ("fwd_end",)), flush=True)
     print(f"\nCPU: {benchlib.cpu_model()}; one thread; SGD momentum 0.9; {STEPS} steps per fresh process\n")
     print(report(results))
+    if args.rows:
+        return
     print()
     print(bars(results))
     for arch in archs:
