@@ -28,9 +28,17 @@ naming the floor, before any parameter changes. The peak is memory_stats()['peak
 Sampling sites are the weights of nn.Linear and nn.Conv2d modules; a weight the model uses
 outside such a module keeps the base policy's keep. Variance is what the solver balances, so a
 biased estimator (SPAD unbiased=False), whose error is mostly bias, gets little guidance from it.
-The solver does not split batches into micro-batches (the plan says micro_batches=1); with an
-ordinary optimizer, gradient accumulation over micro-batches is the alternative when a single
-example's activations are the problem (see benchmarks/equal_memory.py).
+Micro-batches: when even min_keep everywhere does not fit the budget (the floor is too high:
+activations, dy and dx scale with the batch, the keeps only shrink the tape), the solver may split
+the batch into m accumulated micro-batches (forward and backward per micro-batch, gradients summed,
+one update), taking the fewest m in 2, 4, 8, ... up to ``max_micro_batches`` whose measured floor
+fits, and then solves the keeps for that micro-batch. It prefers keeps alone whenever they reach
+the budget: accumulation costs wall time (m smaller passes) and keeps cost variance, and time is
+the cost a user did not ask to pay. The plan says what it chose (``micro_batches``, the floor of
+the whole batch in ``batch_floor``). It needs an ordinary optimizer: one that updates inside
+backward applies every backward's gradient at once, so it cannot accumulate (the solver then
+raises MemoryBudgetError as before). The loss must average over the batch (the default reductions
+do): micro-batch j's loss is weighted by its share of the examples.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ from . import nn
 from . import sampling as S
 from .tensor import no_grad, tensor
 
-__all__ = ["MemoryBudgetError", "Budget", "BudgetPlan", "solve_keeps"]
+__all__ = ["MemoryBudgetError", "Budget", "BudgetPlan", "solve_keeps", "split_batch"]
 
 
 class MemoryBudgetError(ValueError):
@@ -70,14 +78,32 @@ class BudgetPlan:
     variance: Dict[str, float]     # site -> c_i: measured dW variance per unit of (1/k - 1)
     predicted_peak: int            # F + sum b_i k_i
     measured_peak: int             # a probe step at the chosen keeps
-    micro_batches: int = 1
+    micro_batches: int = 1         # accumulated micro-batches per step (1: the whole batch at once)
     step: int = 0                  # the training step at which it was solved
     metric: str = "peak_allocated_bytes"
+    batch_floor: int = 0           # the floor of the whole batch (> budget when micro_batches > 1)
 
     def summary(self) -> str:
         ks = ", ".join(f"{k}={v:.3g}" for k, v in self.keeps.items())
+        mb = (f"; {self.micro_batches} accumulated micro-batches (the whole batch's floor is {self.batch_floor} B)"
+              if self.micro_batches > 1 else "")
         return (f"budget {self.budget} B, floor {self.floor} B, measured peak {self.measured_peak} B "
-                f"(predicted {self.predicted_peak} B); keeps: {ks}")
+                f"(predicted {self.predicted_peak} B); keeps: {ks}{mb}")
+
+
+def _rows(v, a: int, b: int):
+    """Rows a:b of a batch (numpy array or spad tensor), without copying a contiguous one."""
+    if isinstance(v, np.ndarray):
+        return v[a:b]
+    return tensor(np.ascontiguousarray(v.numpy()[a:b]))
+
+
+def split_batch(x, y, m: int) -> List[Tuple[object, object, float]]:
+    """(x_j, y_j, weight_j) for m micro-batches of (x, y) (the last may be smaller); weight_j is
+    micro-batch j's share of the examples, the factor on its mean loss in an accumulated step."""
+    n = len(x)
+    size = -(-n // m)
+    return [(_rows(x, a, a + size), _rows(y, a, a + size), min(size, n - a) / n) for a in range(0, n, size)]
 
 
 def solve_keeps(c: Sequence[float], b: Sequence[float], room: float, min_keep: float) -> np.ndarray:
@@ -175,7 +201,8 @@ class Budget(S.Policy):
     every this many steps; ``probe_draws``: sampled probe steps per plan (>= 2); ``margin``: the
     fraction of the budget held back for step-to-step variation. ``metric``: what the budget
     bounds, "peak_allocated_bytes" (every byte a step allocates, the default) or
-    "peak_tape_bytes" (the tape alone).
+    "peak_tape_bytes" (the tape alone). ``max_micro_batches``: the most accumulated micro-batches
+    the solver may split a batch into when no keep fits (1: never split).
 
     Under "peak_allocated_bytes", a layer whose input is the batch itself (the first layer) is
     kept exact: the batch is a numpy buffer spad only borrows, so its exact save costs no
@@ -184,7 +211,7 @@ class Budget(S.Policy):
 
     def __init__(self, nbytes: int, base: Optional[S.Policy] = None, min_keep: float = 0.05,
                  resolve_every: int = 100, probe_draws: int = 3, margin: float = 0.02,
-                 metric: str = "peak_allocated_bytes"):
+                 metric: str = "peak_allocated_bytes", max_micro_batches: int = 16):
         if metric not in ("peak_allocated_bytes", "peak_tape_bytes"):
             raise ValueError(f'Budget: metric must be "peak_allocated_bytes" or "peak_tape_bytes", got {metric!r}')
         self.metric = metric
@@ -202,6 +229,9 @@ class Budget(S.Policy):
             raise ValueError(f"Budget: probe_draws must be >= 2 (variance needs two draws), got {probe_draws}")
         if not 0 <= margin < 0.5:
             raise ValueError(f"Budget: margin must be in [0, 0.5), got {margin}")
+        if isinstance(max_micro_batches, bool) or int(max_micro_batches) != max_micro_batches or max_micro_batches < 1:
+            raise ValueError(f"Budget: max_micro_batches must be an integer >= 1, got {max_micro_batches!r}")
+        self.max_micro_batches = int(max_micro_batches)
         self.nbytes, self.base, self.min_keep = int(nbytes), base, float(min_keep)
         self.resolve_every, self.probe_draws, self.margin = int(resolve_every), int(probe_draws), float(margin)
         self._impl = base._impl  # S.use(budget) records under the base policy with per-site keeps
@@ -215,8 +245,9 @@ class Budget(S.Policy):
         return {"nbytes": self.nbytes, "base": self.base, "min_keep": self.min_keep}
 
     # ---- probing ------------------------------------------------------------------------
-    def _probe(self, model, loss_fn, x, y, sites, keeps, optimizer) -> Tuple[int, List[np.ndarray]]:
-        """One forward + backward at the given per-site keeps, no update: (peak bytes, dW per site).
+    def _probe(self, model, loss_fn, parts, sites, keeps, optimizer) -> Tuple[int, List[np.ndarray]]:
+        """One forward + backward per micro-batch in ``parts`` (split_batch), gradients accumulated,
+        at the given per-site keeps, no update: (peak bytes, dW per site).
         Gradients are captured the way the real step holds them: freed at once when the optimizer
         updates in backward, all alive until the end otherwise."""
         for (_, m), k in zip(sites, keeps):
@@ -239,9 +270,11 @@ class Budget(S.Policy):
         try:
             _core.clear_grads(params)
             _core.reset_peak_memory_stats()
-            with S.use(self):
-                loss = loss_fn(model(x), y)
-            loss.backward()
+            for x, y, w in parts:
+                with S.use(self):
+                    loss = loss_fn(model(x), y)
+                (loss if w == 1.0 else loss * w).backward()
+                loss = None
             peak = int(_core.memory_stats()[self.metric])
             for i, (_, m) in enumerate(sites):
                 if i not in grads and m.weight.grad is not None:
@@ -254,9 +287,12 @@ class Budget(S.Policy):
                 optimizer._attach(type(optimizer).__name__)
         return peak, [grads.get(i) for i in range(len(sites))]
 
-    def plan(self, model, loss_fn: Callable, x, y, optimizer=None, step: int = 0) -> BudgetPlan:
-        """Measure, solve and set the per-site keeps for batches like (x, y). Parameters are not
-        changed. Raises MemoryBudgetError when the floor exceeds the budget."""
+    def plan(self, model, loss_fn: Callable, x, y, optimizer=None, step: int = 0,
+             micro_batches_ok: bool = True) -> BudgetPlan:
+        """Measure, solve and set the per-site keeps for batches like (x, y), splitting them into
+        accumulated micro-batches when no keep fits (module docstring; ``micro_batches_ok=False``
+        forbids it, e.g. for a caller that cannot accumulate). Parameters are not changed. Raises
+        MemoryBudgetError when the floor exceeds the budget."""
         if isinstance(x, np.ndarray):
             x = tensor(x)
         sites = sites_of(model)
@@ -274,18 +310,33 @@ class Budget(S.Policy):
             raise ValueError(f"Budget.plan: site {names[int(np.argmin(b))]} was not called by the forward pass")
         free = np.array(batch_input, dtype=bool) & (self.metric == "peak_allocated_bytes")
         lo = np.where(free, 1.0, self.min_keep)
-        draws, peaks = [], []
-        for _ in range(self.probe_draws):
-            pk, g = self._probe(model, loss_fn, x, y, sites, lo, optimizer)
-            peaks.append(pk)
-            draws.append(g)
-        floor = max(peaks)
+        def floor_of(parts):
+            draws, peaks = [], []
+            for _ in range(self.probe_draws):
+                pk, g = self._probe(model, loss_fn, parts, sites, lo, optimizer)
+                peaks.append(pk)
+                draws.append(g)
+            return max(peaks), draws
+
+        parts = [(x, y, 1.0)]
+        floor, draws = floor_of(parts)
+        batch_floor, m, tried = floor, 1, []
+        can_split = micro_batches_ok and not getattr(optimizer, "in_backward", False)
+        while floor > self.nbytes and can_split and 2 * m <= min(self.max_micro_batches, len(x)):
+            m *= 2
+            parts = split_batch(x, y, m)
+            # The batch input is borrowed, not allocated: the micro-batches' sites stay as free as the batch's.
+            nb, _ = _input_bytes(model, sites, parts[0][0])
+            b = np.array(nb, dtype=np.float64)
+            floor, draws = floor_of(parts)
+            tried.append(f"{m} micro-batches: {floor} B")
         if floor > self.nbytes:
+            also = f"; accumulated micro-batches do not reach it either ({', '.join(tried)})" if tried else ""
             raise MemoryBudgetError(
-                f"memory budget {self.nbytes} B is below the floor of {floor} B for this model and batch "
+                f"memory budget {self.nbytes} B is below the floor of {batch_floor} B for this model and batch "
                 f"(a step with every layer at keep {self.min_keep}: the smallest tape, parameters, optimizer "
-                "state, and the backward transients no keep removes). Raise the budget, lower min_keep, or use "
-                "a smaller batch.", floor, self.nbytes)
+                f"state, and the backward transients no keep removes){also}. Raise the budget, lower min_keep, or "
+                "use a smaller batch.", min(batch_floor, floor), self.nbytes)
         c = np.zeros(len(sites))
         for i in range(len(sites)):
             gs = [d[i] for d in draws if d[i] is not None]
@@ -305,7 +356,7 @@ class Budget(S.Policy):
             except ValueError:
                 break  # even min_keep overshoots the margin: the floor (<= budget) is the plan
             predicted_k = int(fixed + (b * k)[solved].sum())
-            measured_k, _ = self._probe(model, loss_fn, x, y, sites, k, optimizer)
+            measured_k, _ = self._probe(model, loss_fn, parts, sites, k, optimizer)
             if measured_k <= target:
                 keeps, measured, predicted = k, measured_k, predicted_k
                 break
@@ -317,6 +368,6 @@ class Budget(S.Policy):
                           input_bytes={n: int(v) for n, v in zip(names, b)},
                           variance={n: float(v) for n, v in zip(names, c)},
                           predicted_peak=int(predicted), measured_peak=int(measured), step=int(step),
-                          metric=self.metric)
+                          metric=self.metric, micro_batches=len(parts), batch_floor=int(batch_floor))
         self.plans.append(plan)
         return plan

@@ -168,6 +168,12 @@ def _regularize(regularizer, loss, closure, params, optimizer):
         optimizer._attach(type(optimizer).__name__)
 
 
+def _split_batch(xb, yb, m: int):
+    from .budget import split_batch
+
+    return split_batch(xb, yb, m)
+
+
 def _step_peak_allocated() -> int:
     return int(_core.peak_allocated_bytes())  # one counter, not the whole memory_stats() dict
 
@@ -203,6 +209,8 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
     or a spad.Budget. fit() then samples each layer at the keep that fits the step into the
     budget at the least gradient variance, using ``sampling`` (default RAD) as the estimator,
     re-planned every ``Budget.resolve_every`` steps; ``History.budget_plans`` records each plan.
+    When no keep fits, a plan may split each batch into accumulated micro-batches (its
+    ``micro_batches``; needs an optimizer that updates after backward and a loss that averages).
     A budget below the floor raises spad.MemoryBudgetError before any parameter changes.
     """
     if epochs < 0:
@@ -241,35 +249,44 @@ def fit(model, loss_fn: Callable, train_loader, optimizer, epochs: int, sampling
                     xb = tensor(xb)  # the loader's contiguous float buffers are shared, not copied
                 if budget is not None and total_steps % budget.resolve_every == 0:
                     # Probe steps on this batch (no update): the first raises MemoryBudgetError
-                    # before any parameter has changed.
-                    hist.budget_plans.append(budget.plan(model, loss_fn, xb, yb, optimizer, step=total_steps))
+                    # before any parameter has changed. A regularizer's own passes see the whole
+                    # batch, so with one the solver may not split it.
+                    hist.budget_plans.append(budget.plan(model, loss_fn, xb, yb, optimizer, step=total_steps,
+                                                         micro_batches_ok=regularizer is None))
+                # The budget may have chosen accumulated micro-batches (spad.budget): one forward and
+                # backward each, gradients summed, one update.
+                micro = hist.budget_plans[-1].micro_batches if budget is not None else 1
+                parts = [(xb, yb, 1.0)] if micro == 1 else _split_batch(xb, yb, micro)
                 # Last step's gradients go before the forward pass, not after it: they are not
                 # needed any more and would otherwise sit under this step's peak.
                 optimizer.zero_grad()
                 _core.reset_peak_memory_stats()
-                try:
-                    with _policy_context(sampling):
-                        out = model(xb)
-                        loss = loss_fn(out, yb)
-                        if regularizer is not None:
-                            loss = _regularize(regularizer, loss, lambda: loss_fn(model(xb), yb), params, optimizer)
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(f"loss is {value}")
-                except (ValueError, FloatingPointError) as e:
-                    if isinstance(e, NonFiniteLossError) or "NaN or inf" in str(e):
-                        raise NonFiniteLossError(
-                            f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
-                            "Lower the learning rate or check the data.") from e
-                    raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
-                # Accuracy before backward, then the output goes: it may view a larger reused
-                # buffer, which backward can free at last use only if nothing else holds it.
-                labels = _labels(yb)
-                if labels is not None and out.ndim == 2:
-                    correct += int((out.numpy().argmax(axis=1) == labels).sum())
-                out = None
-                loss.backward()
-                loss = None
+                value = 0.0
+                for xp, yp, w in parts:
+                    try:
+                        with _policy_context(sampling):
+                            out = model(xp)
+                            loss = loss_fn(out, yp)
+                            if regularizer is not None:
+                                loss = _regularize(regularizer, loss, lambda: loss_fn(model(xb), yb), params, optimizer)
+                        v = loss.item()
+                        if not math.isfinite(v):
+                            raise NonFiniteLossError(f"loss is {v}")
+                    except (ValueError, FloatingPointError) as e:
+                        if isinstance(e, NonFiniteLossError) or "NaN or inf" in str(e):
+                            raise NonFiniteLossError(
+                                f"fit: non-finite loss at epoch {epoch}, step {step}: {e}. "
+                                "Lower the learning rate or check the data.") from e
+                        raise type(e)(f"fit: epoch {epoch}, step {step}: {e}") from e
+                    value += w * v
+                    # Accuracy before backward, then the output goes: it may view a larger reused
+                    # buffer, which backward can free at last use only if nothing else holds it.
+                    labels = _labels(yp)
+                    if labels is not None and out.ndim == 2:
+                        correct += int((out.numpy().argmax(axis=1) == labels).sum())
+                    out = None
+                    (loss if w == 1.0 else loss * w).backward()  # the weights make the sum the batch's mean
+                    loss = None
                 in_backward = getattr(optimizer, "in_backward", False)
                 # An in-backward optimizer has applied (and freed) the gradients already: only
                 # the parameters are left to check, after the fact.

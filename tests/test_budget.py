@@ -153,3 +153,72 @@ def test_plan_refuses_hooks_of_an_optimizer_it_was_not_given():
     spad.Budget(10 ** 12).plan(model, F.cross_entropy, spad.tensor(X[:BATCH]), y[:BATCH], optimizer=opt)
     for a, p in zip(before, model.parameters()):
         np.testing.assert_array_equal(p.numpy(), a)
+
+
+# ---- accumulated micro-batches: the solver's answer when no keep fits ------------------------
+MB_SIZES, MB_BATCH = [64, 256, 256, 10], 2048  # activations (batch x 256) dominate the floor
+
+
+def _mb_data(n=2 * MB_BATCH):
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((n, MB_SIZES[0])).astype(np.float32), rng.integers(0, MB_SIZES[-1], n)
+
+
+def test_micro_batches_when_no_keep_fits():
+    gc.collect()
+    X, y = _mb_data()
+    model = nn.mlp(MB_SIZES, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    whole = spad.Budget(10 ** 12).plan(model, F.cross_entropy, spad.tensor(X[:MB_BATCH]), y[:MB_BATCH], opt).floor
+    b = int(0.6 * whole)  # below the whole batch's floor: no keep reaches it
+    budget = spad.Budget(b, base=S.RAD())
+    hist = fit(model, F.cross_entropy, DataLoader(X, y, MB_BATCH, seed=0), opt, 1, memory_budget=budget,
+               progress=False)
+    plan = hist.budget_plans[0]
+    assert plan.micro_batches > 1 and plan.batch_floor > b >= plan.floor, plan.summary()
+    assert f"{plan.micro_batches} accumulated micro-batches" in plan.summary()
+    assert max(hist.peak_allocated_bytes) <= b, (hist.peak_allocated_bytes, b)
+    assert np.isfinite(hist.loss).all()
+    # the fewest that fit: half as many do not
+    if plan.micro_batches > 2:
+        with pytest.raises(spad.MemoryBudgetError):
+            spad.Budget(b, max_micro_batches=plan.micro_batches // 2).plan(
+                model, F.cross_entropy, spad.tensor(X[:MB_BATCH]), y[:MB_BATCH], opt)
+    # no splitting allowed, or an optimizer that cannot accumulate: the floor error, parameters untouched
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(spad.MemoryBudgetError, match="below the floor"):
+        spad.Budget(b, max_micro_batches=1).plan(model, F.cross_entropy, spad.tensor(X[:MB_BATCH]), y[:MB_BATCH], opt)
+    opt_ib = optim.SGD(model.parameters(), lr=0.01, in_backward=True)
+    with pytest.raises(spad.MemoryBudgetError, match="below the floor"):
+        fit(model, F.cross_entropy, DataLoader(X, y, MB_BATCH, seed=0), opt_ib, 1, memory_budget=b, progress=False)
+    opt_ib.remove_hooks()
+    for a, p in zip(before, model.parameters()):
+        np.testing.assert_array_equal(p.numpy(), a)
+    with pytest.raises(ValueError, match="max_micro_batches"):
+        spad.Budget(b, max_micro_batches=0)
+
+
+class _FixedSplit(spad.Budget):
+    """Every site exact, the batch in 4 accumulated micro-batches: fit's accumulation alone."""
+
+    def plan(self, model, loss_fn, x, y, optimizer=None, step=0, micro_batches_ok=True):
+        for _, m in sites_of(model):
+            self._impl.set_site_keep(m.weight, 1.0)
+        p = spad.budget.BudgetPlan(budget=self.nbytes, floor=0, fixed=0, keeps={}, input_bytes={}, variance={},
+                                   predicted_peak=0, measured_peak=0, micro_batches=4)
+        self.plans.append(p)
+        return p
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_step():
+    X, y = _data(n=2 * BATCH + 6)  # a ragged last batch, and micro-batches of unequal size
+    params = []
+    for budget in (None, _FixedSplit(10 ** 12, base=S.RAD())):
+        model = nn.mlp(SIZES, seed=0)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = fit(model, F.cross_entropy, DataLoader(X, y, BATCH + 2, seed=3), opt, 2,
+                   memory_budget=budget, progress=False)
+        params.append(([p.numpy().copy() for p in model.parameters()], hist.loss))
+    for a, b in zip(params[0][0], params[1][0]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params[1][1], params[0][1], rtol=1e-5)

@@ -9,8 +9,12 @@
 // a tape recorded before the step and replayed after it fails loudly instead of using the
 // new weights (Note [Saved tensor versions] in saved.h).
 //
-// A parameter whose grad is null is skipped (it took no part in the loss). State tensors
-// must match the parameter's shape and dtype and be contiguous; we check, not convert.
+// A parameter whose grad is null is skipped (it took no part in the loss), unless the call
+// runs inside a gradient-complete hook that was handed an implicit gradient (Note [Implicit
+// leaf gradients] in tape.h): then that is the gradient. Every update reads its row-sparse
+// form (the rows it leaves out get the update with g = 0, exactly as dense zeros would);
+// sgd without momentum also takes one added into p (p -= lr * wd * p, then p += -lr * dW).
+// State tensors must match the parameter's shape and dtype and be contiguous; we check, not convert.
 #pragma once
 #include <vector>
 
