@@ -241,6 +241,19 @@ std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &
 // lower variance for the same bytes, and a backward that costs little there anyway).
 constexpr int64_t kMagnitudeBlock = 16;
 
+// Entries bucketed by feature with a stable counting sort: order[start[i] .. start[i+1]) are
+// the entries of feature i, in entry (so example) order.
+inline void bucket_by_feature(const std::vector<int32_t> &feat, int64_t n, std::vector<int32_t> &start,
+                              std::vector<int32_t> &order) {
+    const int64_t E = (int64_t)feat.size();
+    start.assign(n + 1, 0);
+    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
+    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
+    std::vector<int32_t> pos(start.begin(), start.end() - 1);
+    order.resize(E);
+    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
+}
+
 // dW (n x m) from per-example feature entries: entry e = b*k + s has feature feat[e] and
 // value vals[e]*scale (features.cpp).
 template <class T>

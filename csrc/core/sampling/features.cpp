@@ -62,11 +62,8 @@ template <class T>
 void scatter_features(T *dW, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k,
                              double scale, const std::vector<int32_t> &feat) {
     const int64_t E = B * k;
-    std::vector<int32_t> start(n + 1, 0);
-    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
-    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-    std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
-    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
+    std::vector<int32_t> start, order;
+    bucket_by_feature(feat, n, start, order);
     // Entries in feature order (then example order, the sort is stable): the row of dy they
     // read and their scaled value. Repeated draws of one (feature, example) — frequent when
     // sampling is proportional to magnitude — are merged into one multiply-add.

@@ -12,15 +12,10 @@ using namespace sampling_detail;
 namespace sampling_detail {
 
 template <class T>
-void add_features(T *dst, int64_t n, int64_t m, const T *g, const T *vals, int64_t B, int64_t k, double scale,
+void add_features(T *dst, int64_t n, int64_t m, const T *g, const T *vals, int64_t, int64_t k, double scale,
                   const std::vector<int32_t> &feat, double alpha) {
-    const int64_t E = B * k;
-    // Entries bucketed by feature (stable: example order within a feature), as scatter_features does.
-    std::vector<int32_t> start(n + 1, 0);
-    for (int64_t e = 0; e < E; ++e) start[feat[e] + 1]++;
-    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-    std::vector<int32_t> pos(start.begin(), start.end() - 1), order(E);
-    for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
+    std::vector<int32_t> start, order;  // as scatter_features does
+    bucket_by_feature(feat, n, start, order);
     std::vector<T> row(m);
     const T a = (T)alpha, sc = (T)scale;
     for (int64_t i = 0; i < n; ++i) {
