@@ -346,6 +346,11 @@ class _Recorder:
         ...
 def _conv_weight_grad_rows(x: Tensor, g: Tensor, wshape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], padding: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(2)"], rows: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex] = []) -> Tensor:
     ...
+def _discard_implicit_grad(tensor: Tensor) -> bool:
+    """
+    Inside a gradient-complete hook: consume the leaf's gradient handed over without a dense dW
+    (rows / add) without applying it; False if the gradient is the dense .grad. Memory probes use it.
+    """
 def _first_nonfinite(tensors: collections.abc.Sequence[Tensor], grads: bool = False) -> int:
     """
     Index of the first tensor (or .grad, with grads=True) holding NaN or inf; -1 if none.

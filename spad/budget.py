@@ -248,26 +248,17 @@ class Budget(S.Policy):
     def _probe(self, model, loss_fn, parts, sites, keeps, optimizer) -> Tuple[int, List[np.ndarray]]:
         """One forward + backward per micro-batch in ``parts`` (split_batch), gradients accumulated,
         at the given per-site keeps, no update: (peak bytes, dW per site).
-        Gradients are captured the way the real step holds them: freed at once when the optimizer
-        updates in backward, all alive until the end otherwise."""
+        The peak is measured with gradients held the way the real step holds them: consumed at
+        once (in the optimizer's implicit forms) when it updates in backward, all alive until the
+        end otherwise."""
         for (_, m), k in zip(sites, keeps):
             self._impl.set_site_keep(m.weight, float(k))
         params = model.parameters()
         in_bwd = optimizer is not None and getattr(optimizer, "in_backward", False)
         grads: Dict[int, np.ndarray] = {}
         weights = {id(m.weight): i for i, (_, m) in enumerate(sites)}
-        if in_bwd:
-            optimizer.remove_hooks()
 
-            def capture(p):
-                i = weights.get(id(p))
-                if i is not None:
-                    grads[i] = np.array(p.grad.numpy(), dtype=np.float64)
-                _core.clear_grads([p])
-
-            for p in params:
-                _core.set_grad_complete_hook(p, capture)
-        try:
+        def run():
             _core.clear_grads(params)
             _core.reset_peak_memory_stats()
             for x, y, w in parts:
@@ -275,16 +266,45 @@ class Budget(S.Policy):
                     loss = loss_fn(model(x), y)
                 (loss if w == 1.0 else loss * w).backward()
                 loss = None
-            peak = int(_core.memory_stats()[self.metric])
+            return int(_core.memory_stats()[self.metric])
+
+        if not in_bwd:
+            peak = run()
             for i, (_, m) in enumerate(sites):
-                if i not in grads and m.weight.grad is not None:
+                if m.weight.grad is not None:
                     grads[i] = np.array(m.weight.grad.numpy(), dtype=np.float64)
             _core.clear_grads(params)
+            return peak, [grads.get(i) for i in range(len(sites))]
+
+        # In backward the real step takes a sampled dW in the optimizer's own forms (row-sparse,
+        # or added into the weight) and never builds it dense; copying dW out for the scores
+        # would, so the peak comes from one pass that drops each gradient the way the step
+        # consumes it, and dW from a second pass with dense hooks.
+        def drop(p):
+            if not _core._discard_implicit_grad(p):
+                _core.clear_grads([p])
+
+        def capture(p):
+            i = weights.get(id(p))
+            if i is not None:
+                grads[i] = np.array(p.grad.numpy(), dtype=np.float64)
+            _core.clear_grads([p])
+
+        implicit = getattr(optimizer, "_implicit", True)
+        rows, add = optimizer._implicit_forms() if implicit else (False, False)
+        optimizer.remove_hooks()
+        try:
+            for p in params:
+                _core.set_grad_complete_hook(p, drop, rows=rows, add=add)
+            peak = run()
+            for p in params:
+                _core.set_grad_complete_hook(p, capture)
+            run()
+            _core.clear_grads(params)
         finally:
-            if in_bwd:
-                for p in params:
-                    _core.set_grad_complete_hook(p, None)
-                optimizer._attach(type(optimizer).__name__)
+            for p in params:
+                _core.set_grad_complete_hook(p, None)
+            optimizer._attach(type(optimizer).__name__, implicit=implicit)
         return peak, [grads.get(i) for i in range(len(sites))]
 
     def plan(self, model, loss_fn: Callable, x, y, optimizer=None, step: int = 0,

@@ -110,6 +110,7 @@ class Optimizer:
                                  "(another optimizer with in_backward=True, or a gradient-complete hook)")
         ref = weakref.ref(self)
         rows, add = self._implicit_forms() if implicit else (False, False)
+        self._implicit = implicit  # re-attaching after a probe keeps the caller's choice
         for i, p in enumerate(self.params):
             _core.set_grad_complete_hook(p, _InBackwardHook(ref, i), rows=rows, add=add)
         self.in_backward = True

@@ -165,7 +165,7 @@ def _regularize(regularizer, loss, closure, params, optimizer):
     try:
         return regularizer.add(loss, closure, params)
     finally:
-        optimizer._attach(type(optimizer).__name__)
+        optimizer._attach(type(optimizer).__name__, implicit=getattr(optimizer, "_implicit", True))
 
 
 def _split_batch(xb, yb, m: int):

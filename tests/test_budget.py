@@ -222,3 +222,32 @@ def test_accumulated_micro_batches_give_the_whole_batch_step():
     for a, b in zip(params[0][0], params[1][0]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(params[1][1], params[0][1], rtol=1e-5)
+
+
+def _same_floor(X, y, implicit):
+    model = nn.mlp(SIZES, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, in_backward=True)
+    if not implicit:
+        opt.remove_hooks()
+        opt._attach("SGD", implicit=False)
+    plan = spad.Budget(10 ** 12, base=S.RAD(mode="same", seed=1)).plan(
+        model, F.cross_entropy, spad.tensor(X[:BATCH]), y[:BATCH], opt)
+    assert opt.in_backward and opt._implicit == implicit  # the probes put the caller's hooks back
+    return plan.floor
+
+
+def test_in_backward_probe_measures_the_compact_dw_step():
+    """Under RAD mode="same" an in-backward optimizer takes dW as compact rows and never builds
+    it dense, so its floor is below the same step's with dense dW hooks; a budget between the two
+    must plan (the probe measures the step it plans for) and every step must stay within it."""
+    X, y = _data()
+    compact, dense = _same_floor(X, y, True), _same_floor(X, y, False)
+    assert compact < dense, (compact, dense)
+    b = (compact + dense) // 2
+    model = nn.mlp(SIZES, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, in_backward=True)
+    budget = spad.Budget(b, base=S.RAD(mode="same", seed=1), resolve_every=3)
+    hist = fit(model, F.cross_entropy, DataLoader(X, y, BATCH, seed=0), opt, 1, memory_budget=budget,
+               progress=False)
+    assert max(hist.peak_allocated_bytes) <= b, (hist.peak_allocated_bytes, b, compact, dense)
+    assert hist.budget_plans[0].floor <= b and hist.budget_plans[0].micro_batches == 1

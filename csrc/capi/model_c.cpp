@@ -304,8 +304,10 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
                        spad::shape_str(ps[i]->shape), " holds NaN or inf; parameters left untouched");
         // update_in_backward: SGD on each parameter as soon as its gradient is complete, then
         // the gradient is freed, so its arena block serves the rest of backward. A gradient
-        // is checked before it is applied; after a non-finite one nothing more is applied.
+        // is checked before it is applied (an update added straight into the weight is checked
+        // after, since its sum can overflow); after a non-finite one nothing more is applied.
         size_t bad = ps.size();  // the first parameter with a non-finite gradient
+        bool overflowed = false;  // bad's update was applied and overflowed to NaN/inf
         struct Unhook {
             const std::vector<spad::Tensor> &ps;
             bool on;
@@ -324,6 +326,9 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
                         if (ig ? ig->all_finite() : spad::all_finite(p->grad)) {
                             spad::optim::sgd({p}, {}, lr, 0.0, false, 0.0);
                             ++updated;
+                            // The add form sums finite values straight into the weight: an
+                            // overflow of that sum shows only in the weight, after the write.
+                            if (ig && !spad::all_finite(p)) bad = i, overflowed = true;
                         } else {
                             bad = i;
                         }
@@ -345,7 +350,9 @@ spad_status spad_model_train_step(spad_ctx_t *ctx, spad_model_t *model, const sp
         for (size_t i = 0; i < ps.size(); ++i) {
             const bool finite = unhook.on ? i != bad : !ps[i]->grad || spad::all_finite(ps[i]->grad);
             SPAD_CHECK(finite, ValueError, fn, ": the gradient of parameter ", i, " of shape ",
-                       spad::shape_str(ps[i]->shape), " holds NaN or inf (non-finite input or overflow?)",
+                       spad::shape_str(ps[i]->shape),
+                       overflowed ? " overflowed to NaN or inf when added into it (its update was applied)"
+                                  : " holds NaN or inf (non-finite input or overflow?)",
                        unhook.on ? "" : "; parameters left untouched");
         }
         if (loss) *loss = value;

@@ -380,6 +380,9 @@ PYBIND11_MODULE(_core, m) {
           "rows / add: the hook calls an optimizer step (sgd_step, ...) that can take a sampled weight's\n"
           "gradient row-sparse / added into the weight (plain SGD only) without a dense .grad; the\n"
           "hook then sees .grad None and must call that step.");
+    m.def("_discard_implicit_grad", [](const Tensor &t) { return implicit_grad(t) != nullptr; }, py::arg("tensor"),
+          "Inside a gradient-complete hook: consume the leaf's gradient handed over without a dense dW\n"
+          "(rows / add) without applying it; False if the gradient is the dense .grad. Memory probes use it.");
     m.def("has_grad_complete_hook", [](const Tensor &t) { return has_grad_complete_hook(t); }, py::arg("tensor"));
     m.def("take", [](const Tensor &x, const Tensor &idx, const std::vector<int64_t> &s) {
         return ops::take(x, idx, Shape(s));

@@ -529,6 +529,39 @@ static void test_arena_full_in_backward() {
     CHECK(partial + untouched > 0);
 }
 
+// A sampled dW added straight into its weight is made of finite values, but its sum can
+// overflow: the step must report it (the weight was written), never return OK with a
+// non-finite weight.
+static void test_overflowing_add_in_backward() {
+    spad_ctx_t *ctx = nullptr;
+    spad_ctx_params p = spad_ctx_default_params();
+    p.update_in_backward = 1;
+    OK(spad_ctx_init(&p, &ctx));
+    CtxGuard g(ctx);
+    OK(spad_ctx_set_policy(ctx, SPAD_POLICY_RAD, 0.25, 0, 7));
+    const int32_t sizes[2] = {4, 3};
+    spad_model_t *m = nullptr;
+    OK(spad_model_mlp(ctx, sizes, 2, 1, &m));
+    const int64_t B = 8, xs[2] = {B, 4}, ys[1] = {B};
+    std::vector<float> x(B * 4, 1e38f);  // finite; x * n / k is not
+    std::vector<int64_t> y(B, 1);
+    spad_tensor_t *xt = nullptr, *yt = nullptr;
+    OK(spad_tensor_from_data(ctx, SPAD_F32, 2, xs, x.data(), &xt));
+    OK(spad_tensor_from_data(ctx, SPAD_I64, 1, ys, y.data(), &yt));
+    double loss = 0;
+    const spad_status st = spad_model_train_step(ctx, m, xt, yt, 0.1, &loss);
+    const std::string msg = spad_last_error();
+    int nonfinite = 0;
+    for (int32_t i = 0; i < spad_model_num_params(m); ++i) {
+        spad_tensor_t *t = nullptr;
+        OK(spad_model_param(ctx, m, i, &t));
+        const float *d = (const float *)spad_tensor_data(t);
+        for (int64_t j = 0; j < spad_tensor_numel(t); ++j) nonfinite += !std::isfinite(d[j]);
+    }
+    CHECK(st == SPAD_ERR_VALUE);
+    CHECK(nonfinite == 0 || msg.find("overflowed") != std::string::npos);
+}
+
 int main() {
     test_arena_reuse();
     test_arena_exhausted();
@@ -542,6 +575,7 @@ int main() {
     test_sampled_in_backward_step_needs_half_the_arena();
     test_nonfinite_gradient_in_backward();
     test_arena_full_in_backward();
+    test_overflowing_add_in_backward();
     if (g_failures) {
         std::fprintf(stderr, "test_embedded: %d of %d checks failed\n", g_failures, g_checks);
         return 1;

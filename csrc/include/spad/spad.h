@@ -235,6 +235,8 @@ spad_status spad_model_forward(spad_ctx_t *ctx, const spad_model_t *model, const
  * With params.update_in_backward = 1 each parameter is updated (and its gradient freed)
  * during backward, as soon as its gradient is complete: the step arena's peak then holds
  * one weight gradient instead of all of them. Each gradient is checked before it is
+ * applied; a sampled one added straight into its weight is checked there, after the
+ * write (its sum of finite values can overflow), and the message says the update was
  * applied. A bad lr, a NaN/inf loss or parameter and a tape budget exceeded in forward
  * still leave every parameter untouched; but a NaN/inf gradient or a full arena *during
  * backward* stops the updates there: parameters already updated (they had finite
