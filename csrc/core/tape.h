@@ -48,6 +48,7 @@ void backward(const Tensor &root, const Tensor &grad, bool retain_graph, bool cr
 using GradHook = std::function<void(const Tensor &leaf)>;
 void set_grad_complete_hook(const Tensor &leaf, GradHook hook);
 bool has_grad_complete_hook(const Tensor &leaf);
+bool any_grad_complete_hooks();  // cheap: whether any leaf has a hook at all
 
 // The backward rule of each op, generated from ops.def.
 using BackwardFn = void (*)(Node &n, const Tensor &g, Tensor *gin);

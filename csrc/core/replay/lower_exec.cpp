@@ -1,0 +1,311 @@
+// lower_exec.cpp — running a lowered step (lower.h): forward kernels, the generated backward
+// and the recorded calls, on raw pointers. Each kernel is written to match the eager op's
+// arithmetic exactly (cited per kernel): same gemm arguments, same loop expressions, same
+// accumulation order, so lowered == eager bit for bit.
+#include <algorithm>
+#include <cmath>
+
+#include "../arena.h"
+#include "../gemm.h"
+#include "../optim.h"
+#include "../sampling/sampling.h"
+#include "../tape.h"
+#include "lower_ir.h"
+
+namespace spad {
+namespace replay {
+
+namespace {
+
+template <class T> T *at(const Lowered &L, int32_t v) { return reinterpret_cast<T *>(L.ptr[(size_t)v]); }
+
+// Where the gradient of value v goes: its workspace slice, or its parameter's gradient tensor.
+template <class T> T *grad_of(const Lowered &L, int32_t v) {
+    const LVal &x = L.vals[(size_t)v];
+    if (x.param >= 0) return L.grads[(size_t)x.param]->data<T>();
+    return reinterpret_cast<T *>(L.ws->data<char>() + x.goff);
+}
+
+// ops::relu / tanh / sigmoid forward (elementwise.cpp), in place.
+template <class T> void act_forward(Act a, const T *x, T *y, int64_t n) {
+    switch (a) {
+        case Act::RELU:
+            for (int64_t i = 0; i < n; ++i) y[i] = !(x[i] <= T(0)) ? x[i] : T(0);  // NaN stays NaN
+            break;
+        case Act::TANH:
+            for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+            break;
+        case Act::SIGMOID:
+            for (int64_t i = 0; i < n; ++i) {
+                const T v = x[i];
+                y[i] = v >= 0 ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));
+            }
+            break;
+        case Act::NONE:
+            if (x != y) std::copy(x, x + n, y);
+            break;
+    }
+}
+
+// The activations' backward rules from their output y: relu's mask_mul (a positive output is
+// a positive input; dead units give +0 as the bit mask does), tanh's fused rule, sigmoid's
+// g * (y * (1 - y)) in the order its ops compute it.
+template <class T> void act_backward(Act a, const T *y, const T *g, T *o, int64_t n) {
+    switch (a) {
+        case Act::RELU:
+            for (int64_t i = 0; i < n; ++i) o[i] = y[i] > T(0) ? g[i] : T(0);
+            break;
+        case Act::TANH:
+            for (int64_t i = 0; i < n; ++i) o[i] = g[i] * (T(1) - y[i] * y[i]);
+            break;
+        case Act::SIGMOID:
+            for (int64_t i = 0; i < n; ++i) o[i] = g[i] * (y[i] * (-y[i] + T(1)));
+            break;
+        case Act::NONE:
+            if (g != o) std::copy(g, g + n, o);
+            break;
+    }
+}
+
+bool all_finite_ptr(const void *p, DType dt, int64_t n) {
+    bool ok = true;
+    SPAD_FLOAT(dt, T, {
+        const T *x = static_cast<const T *>(p);
+        for (int64_t i = 0; i < n && ok; ++i) ok = std::isfinite(x[i]);
+    });
+    return ok;
+}
+
+// ops::linear (linalg.cpp): bias rows, then gemm with beta 1; the activation in place.
+template <class T> void linear_forward(const Lowered &L, const LNode &n) {
+    T *o = at<T>(L, n.out);
+    T beta = 0;
+    if (n.c >= 0) {
+        const T *pb = at<T>(L, n.c);
+        for (int64_t r = 0; r < n.R; ++r) std::copy(pb, pb + n.N, o + r * n.N);
+        beta = 1;
+    }
+    bool tw;
+    int64_t ldw;
+    lowered_gemm_layout(n.K, n.N, n.ws0, n.ws1, tw, ldw);
+    gemm(false, tw, n.R, n.N, n.K, T(1), at<T>(L, n.a), n.K, at<T>(L, n.b), ldw, beta, o, n.N);
+    if (n.act != Act::NONE) act_forward<T>(n.act, o, o, n.R * n.N);
+}
+
+// backward_LINEAR (linalg.cpp), exact payload: dW = matmul(x^T, g), db = sum(g, 0),
+// dx = matmul(g, W^T), with the layouts matmul_kernel derives for those views.
+template <class T> void linear_backward(const Lowered &L, const LNode &n) {
+    const LVal &xv = L.vals[(size_t)n.a], &wv = L.vals[(size_t)n.b];
+    T *g = grad_of<T>(L, n.out);
+    if (n.act != Act::NONE) act_backward<T>(n.act, at<T>(L, n.out), g, g, n.R * n.N);
+    const Shape xs = contiguous_strides({n.R, n.K}), gs = contiguous_strides({n.R, n.N});
+    bool ta, tb;
+    int64_t lda, ldb;
+    if (wv.reached) {  // x^T is (K x R) with strides (xs1, xs0)
+        lowered_gemm_layout(n.K, n.R, xs[1], xs[0], ta, lda);
+        lowered_gemm_layout(n.R, n.N, gs[0], gs[1], tb, ldb);
+        gemm(ta, tb, n.K, n.N, n.R, T(1), at<T>(L, n.a), lda, g, ldb, T(0), grad_of<T>(L, n.b), n.N);
+    }
+    if (n.c >= 0 && L.vals[(size_t)n.c].reached) {  // ops::sum over axis 0: rows added in order
+        T *db = grad_of<T>(L, n.c);
+        std::fill(db, db + n.N, T(0));
+        for (int64_t r = 0; r < n.R; ++r)
+            for (int64_t j = 0; j < n.N; ++j) db[j] += g[r * n.N + j];
+    }
+    if (xv.reached) {  // W^T is (N x K) with strides (ws1, ws0)
+        lowered_gemm_layout(n.R, n.N, gs[0], gs[1], ta, lda);
+        lowered_gemm_layout(n.N, n.K, n.ws1, n.ws0, tb, ldb);
+        gemm(ta, tb, n.R, n.K, n.N, T(1), g, lda, at<T>(L, n.b), ldb, T(0), grad_of<T>(L, n.a), n.K);
+    }
+}
+
+// ops::cross_entropy (loss.cpp): softmax into the workspace, the loss in double.
+template <class T> void ce_forward(const Lowered &L, const LNode &n, T *loss) {
+    const int64_t B = n.R, C = n.N;
+    const T *x = at<T>(L, n.a);
+    const int64_t *py = at<int64_t>(L, n.c);
+    for (int64_t b = 0; b < B; ++b)
+        SPAD_CHECK(py[b] >= 0 && py[b] < C, ValueError, "cross_entropy: label ", py[b], " at position ", b,
+                   " is out of range for logits of shape ", shape_str(L.vals[(size_t)n.a].shape), " (classes 0..",
+                   C - 1, ")");
+    SPAD_CHECK(all_finite_ptr(x, L.vals[(size_t)n.a].dt, B * C), ValueError, "cross_entropy: logits of shape ",
+               shape_str(L.vals[(size_t)n.a].shape), " contain NaN or inf");
+    T *p = reinterpret_cast<T *>(L.ws->data<char>() + n.aux);
+    for (int64_t b = 0; b < B; ++b) {  // softmax_kernel with outer = B, L = C, inner = 1
+        const T *px = x + b * C;
+        T *pp = p + b * C;
+        T m = px[0];
+        for (int64_t l = 1; l < C; ++l) m = std::max(m, px[l]);
+        T s = 0;
+        for (int64_t l = 0; l < C; ++l) s += std::exp(px[l] - m);
+        const T inv = T(1) / s;
+        for (int64_t l = 0; l < C; ++l) pp[l] = std::exp(px[l] - m) * inv;
+    }
+    double acc = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const T *xb = x + b * C;
+        T m = xb[0];
+        for (int64_t c = 1; c < C; ++c) m = std::max(m, xb[c]);
+        double s = 0;
+        for (int64_t c = 0; c < C; ++c) s += std::exp((double)(xb[c] - m));
+        acc += (double)m + std::log(s) - (double)xb[py[b]];
+    }
+    *loss = (T)(acc / (double)B);
+}
+
+// backward_CROSS_ENTROPY with the seed 1: (softmax - onehot) / B, over the softmax.
+template <class T> void ce_backward(const Lowered &L, const LNode &n) {
+    const int64_t B = n.R, C = n.N;
+    const int64_t *py = at<int64_t>(L, n.c);
+    const T *p = reinterpret_cast<const T *>(L.ws->data<char>() + n.aux);
+    T *o = grad_of<T>(L, n.a);
+    const T s = (T)(1.0 / (double)B);
+    for (int64_t i = 0; i < B * C; ++i) o[i] = p[i] * s;
+    for (int64_t b = 0; b < B; ++b) o[b * C + py[b]] -= s;
+}
+
+// ops::mse_loss: d = pred - target, mean of d^2 accumulated in double.
+template <class T> void mse_forward(const Lowered &L, const LNode &n, T *loss) {
+    const LVal &pv = L.vals[(size_t)n.a];
+    SPAD_CHECK(all_finite_ptr(L.ptr[(size_t)n.a], pv.dt, n.N) && all_finite_ptr(L.ptr[(size_t)n.c], pv.dt, n.N),
+               ValueError, "mse_loss: prediction or target of shape ", shape_str(pv.shape), " contains NaN or inf");
+    const T *a = at<T>(L, n.a), *b = at<T>(L, n.c);
+    T *d = reinterpret_cast<T *>(L.ws->data<char>() + n.aux);
+    for (int64_t i = 0; i < n.N; ++i) d[i] = a[i] - b[i];
+    double s = 0;
+    for (int64_t i = 0; i < n.N; ++i) s += (double)d[i] * (double)d[i];
+    *loss = (T)(s / (double)n.N);
+}
+
+// backward_MSE with the seed 1: d * (1 * (T)(2 / N)).
+template <class T> void mse_backward(const Lowered &L, const LNode &n) {
+    const T *d = reinterpret_cast<const T *>(L.ws->data<char>() + n.aux);
+    T *o = grad_of<T>(L, n.a);
+    const T c = T(1) * (T)(2.0 / (double)n.N);
+    for (int64_t i = 0; i < n.N; ++i) o[i] = d[i] * c;
+}
+
+void forward(Lowered &L, const LNode &n) {
+    const DType dt = L.vals[(size_t)n.a].dt;
+    SPAD_FLOAT(dt, T, {
+        switch (n.kind) {
+            case NodeKind::LINEAR: linear_forward<T>(L, n); break;
+            case NodeKind::ACT: act_forward<T>(n.act, at<T>(L, n.a), at<T>(L, n.out), n.N); break;
+            case NodeKind::CROSS_ENTROPY: ce_forward<T>(L, n, L.loss_t->data<T>()); break;
+            case NodeKind::MSE: mse_forward<T>(L, n, L.loss_t->data<T>()); break;
+        }
+    });
+}
+
+// A gradient tensor for parameter i that nobody else holds (then it is overwritten), else a
+// fresh one: a gradient the user kept from an earlier step must keep its values, as in eager.
+void ready_grad(Lowered &L, size_t i) {
+    Tensor &g = L.grads[i];
+    const Tensor &p = L.params[i];
+    const long mine = 1 + (p->grad == g ? 1 : 0);
+    if (g && g.use_count() == mine && g->storage.use_count() == 1) return;
+    ArenaScope persistent(persistent_arena());  // outlives every step (the C API's step arena)
+    g = empty(p->shape, p->dtype);
+    set_category(*g->storage, MemCategory::GRADIENTS);
+}
+
+void backward_pass(Lowered &L) {
+    for (size_t i = 0; i < L.params.size(); ++i) ready_grad(L, i);
+    for (size_t k = L.nodes.size(); k-- > 0;) {
+        const LNode &n = L.nodes[k];
+        if (!L.vals[(size_t)n.out].reached) continue;
+        SPAD_FLOAT(L.vals[(size_t)n.a].dt, T, {
+            switch (n.kind) {
+                case NodeKind::LINEAR: linear_backward<T>(L, n); break;
+                case NodeKind::ACT:
+                    if (L.vals[(size_t)n.a].reached)
+                        act_backward<T>(n.act, at<T>(L, n.out), grad_of<T>(L, n.out), grad_of<T>(L, n.a), n.N);
+                    break;
+                case NodeKind::CROSS_ENTROPY: ce_backward<T>(L, n); break;
+                case NodeKind::MSE: mse_backward<T>(L, n); break;
+            }
+        });
+    }
+    for (size_t i = 0; i < L.params.size(); ++i) L.params[i]->grad = L.grads[i];
+}
+
+}  // namespace
+
+bool lowered_applies(const Lowered &L, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
+    if (!grad_enabled()) return why = "grad mode is off", false;
+    if (any_grad_complete_hooks()) return why = "a gradient-complete hook is set (optimizer in backward)", false;
+    if (L.check_entry_policy && active_policy()) return why = "a sampling policy is active", false;
+    for (const Tensor &t : inputs)
+        if (t->requires_grad || !t->is_contiguous()) return why = "an input requires grad or is strided", false;
+    return true;
+}
+
+Tensor run_lowered(Lowered &L, Program &P, const std::vector<Tensor> &inputs) {
+    if (!L.ws) {
+        ArenaScope persistent(persistent_arena());
+        L.ws = empty({(int64_t)std::max<size_t>(L.ws_bytes, 1)}, DType::U8);
+    }
+    if (!L.loss_t || L.loss_t.use_count() > 1 || L.loss_t->storage.use_count() > 1) {
+        ArenaScope persistent(persistent_arena());
+        L.loss_t = empty({}, L.loss_dt);
+    }
+    for (size_t v = 0; v < L.vals.size(); ++v) {
+        const LVal &x = L.vals[v];
+        switch (x.kind) {
+            case LVal::INPUT: L.ptr[v] = static_cast<char *>(inputs[(size_t)x.src]->raw()); break;
+            case LVal::CONST: L.ptr[v] = static_cast<char *>(P.consts[(size_t)x.src]->raw()); break;
+            case LVal::WORK:
+                L.ptr[v] = x.off < 0 ? static_cast<char *>(L.loss_t->raw()) : L.ws->data<char>() + x.off;
+                break;
+            case LVal::VIEW: L.ptr[v] = L.ptr[(size_t)x.src] + x.off * (int64_t)dtype_size(x.dt); break;
+        }
+    }
+    for (const LAction &a : L.actions) {
+        switch (a.kind) {
+            case LAction::FORWARD: forward(L, L.nodes[(size_t)a.idx]); break;
+            case LAction::BACKWARD: backward_pass(L); break;
+            case LAction::CALL: {
+                const Record &r = P.records[(size_t)a.idx];
+                const auto &ps = L.ptr_lists[(size_t)a.list];
+                exec(r.op, ps.data(), ps.size(), r.ints.data(), r.ints.size(), r.dbls.data(), r.dbls.size(),
+                     P.policies);
+                break;
+            }
+            case LAction::SGD: {
+                const Record &r = P.records[(size_t)a.idx];
+                optim::sgd(L.lists[(size_t)a.list], L.lists[(size_t)a.list + 1], r.dbls[0], r.dbls[1], r.ints[1] != 0,
+                           r.dbls[2]);
+                break;
+            }
+            case LAction::ADAM: {
+                Record &r = P.records[(size_t)a.idx];
+                ++r.ints[0];  // Adam's bias correction counts replayed steps (as Program::run does)
+                optim::adam(L.lists[(size_t)a.list], L.lists[(size_t)a.list + 1], L.lists[(size_t)a.list + 2],
+                            r.dbls[0], r.dbls[1], r.dbls[2], r.dbls[3], r.dbls[4], r.ints[1] != 0, r.ints[0]);
+                break;
+            }
+        }
+    }
+    return L.returns_loss ? L.loss_t : Tensor();
+}
+
+size_t lowered_workspace_bytes(const Lowered &L) { return L.ws_bytes; }
+size_t lowered_n_kernels(const Lowered &L) { return L.nodes.size(); }
+
+std::string lowered_dump(const Lowered &L) {
+    static const char *acts[] = {"", "+relu", "+tanh", "+sigmoid"};
+    static const char *kinds[] = {"linear", "act", "cross_entropy", "mse_loss"};
+    std::string s = str("lowered: ", L.nodes.size(), " forward kernels, workspace ", L.ws_bytes, " bytes, ",
+                        L.params.size(), " parameter gradients\n");
+    for (size_t k = 0; k < L.nodes.size(); ++k) {
+        const LNode &n = L.nodes[k];
+        s += str("  k", k, ": v", n.out, " = ", n.kind == NodeKind::ACT ? acts[(int)n.act] + 1 : kinds[(int)n.kind],
+                 n.kind == NodeKind::ACT ? "" : acts[(int)n.act],
+                 "(v", n.a, n.b >= 0 ? str(", v", n.b) : std::string(), n.c >= 0 ? str(", v", n.c) : std::string(), ")",
+                 n.kind == NodeKind::LINEAR ? str(" [", n.R, "x", n.K, " -> ", n.N, "]") : std::string(), "\n");
+    }
+    return s;
+}
+
+}  // namespace replay
+}  // namespace spad
