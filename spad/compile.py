@@ -39,9 +39,10 @@ MSE losses, backward of the loss, ``zero_grad``, the optimizers' fused updates),
 list of kernel calls on raw pointers into one workspace, the parameters, their gradient
 buffers and the optimizer state: no tensor, tape node or allocation per op. Its kernels
 repeat the eager ops' arithmetic (the same gemm calls, the same loops), so a lowered step
-still equals the eager step bit for bit. ``step.lowered`` says whether the program is
-lowered, ``step.lower_note`` why not (a conv layer, a forward pass under a sampling policy,
-a parameter read twice, ...); such programs, and calls the lowered path cannot serve (grad
+still equals the eager step bit for bit, sampled steps included (a linear layer under a
+sampling policy packs and reads its payload through the eager sampling calls).
+``step.lowered`` says whether the program is lowered, ``step.lower_note`` why not (a conv
+layer, a parameter read twice, ...); such programs, and calls the lowered path cannot serve (grad
 mode off, an optimizer running in backward, an input that requires grad), replay record by
 record as described above. ``spad.compile(fn, lower=False)`` never lowers.
 

@@ -73,6 +73,7 @@ def test_compiled_equals_eager_digits_100_steps(digits, policy):
         l2 = compiled(xb, yb)
         losses.append((float(l1), float(l2)))
     assert compiled.recordings == 1 and compiled.program.replays == 99
+    assert compiled.lowered and compiled.program.lowered_runs == 99  # sampled packs lower too
     assert _max_rel(m1, m2) <= 1e-6
     assert all(a == b for a, b in losses)
     assert losses[-1][0] < losses[0][0]  # it trained
@@ -138,6 +139,7 @@ def test_conv_step_matches_eager():
     # The replay keeps its plan: in-place buffer reuse is off under a plan (reuse.cpp), so the
     # replayed allocations follow the recorded order.
     assert compiled.program.plan_bytes > 0 and not compiled.program.plan_dropped
+    assert not compiled.lowered and "conv2d" in compiled.lower_note  # replayed record by record
 
 
 def test_plan_arena_is_used_and_smaller_than_eager_peak(digits):
@@ -407,18 +409,20 @@ def test_lowered_functional_layers_batch_one_and_activations(dtype):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_not_lowered_programs_say_why_and_still_match_eager(digits):
+def test_rad_step_lowered_bit_for_bit(digits):
+    # RAD keep 0.1: the lowered step packs and reads the same payloads as eager mode.
     X, y = digits
-    # A sampled forward pass (RAD keep 0.1) replays record by record.
     spad.manual_seed(5)
-    m1, eager = _mlp_step((64, 32, 10), policy=S.RAD(keep=0.1, seed=3))
-    m2, step = _mlp_step((64, 32, 10), policy=S.RAD(keep=0.1, seed=3))
+    m1, eager = _mlp_step(policy=S.RAD(keep=0.1, seed=3))
+    m2, step = _mlp_step(policy=S.RAD(keep=0.1, seed=3))
     compiled = spad.compile(step)
-    for xb, yb in _batches(X, y, 5):
+    for xb, yb in _batches(X, y, 100):
         assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
-    assert not compiled.lowered and "sampling policy" in compiled.lower_note
+    assert compiled.lowered and compiled.program.lowered_runs == 99
     assert _params_equal(m1, m2)
 
+
+def test_not_lowered_programs_say_why_and_still_match_eager():
     # A weight read twice (tied): its two gradient contributions would accumulate.
     def tied():
         W = spad.tensor(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 0.3, requires_grad=True)
@@ -493,7 +497,7 @@ def test_lowered_errors_match_eager_and_change_nothing(digits):
     assert all(np.array_equal(a, p.numpy()) for a, p in zip(snap, model.parameters()))
 
 
-def test_policy_active_at_entry_falls_back_to_records(digits):
+def test_policy_active_at_entry_is_followed_by_the_lowered_step(digits):
     X, y = digits
     spad.manual_seed(1)
     m1, eager = _mlp_step((64, 32, 10), policy=None)
@@ -517,12 +521,14 @@ def test_policy_active_at_entry_falls_back_to_records(digits):
     for xb, yb in bs[:2]:
         assert float(e(spad.tensor(xb), yb)) == float(c(xb, yb))
     assert c.lowered and c.program.lowered_runs == 1
-    with S.use(S.RAD(keep=0.5, seed=4)):
-        l1 = float(e(spad.tensor(bs[2][0]), bs[2][1]))
-    with S.use(S.RAD(keep=0.5, seed=4)):
-        l2 = float(c(*bs[2]))
-    assert l1 == l2 and "sampling policy is active" in c.lower_note
-    assert c.program.lowered_runs == 1 and _params_equal(m1, m2)
+    pe, pc = S.RAD(keep=0.5, seed=4), S.RAD(keep=0.5, seed=4)
+    for xb, yb in bs[2:]:  # a policy set outside the step: the lowered step samples under it
+        with S.use(pe):
+            l1 = float(e(spad.tensor(xb), yb))
+        with S.use(pc):
+            l2 = float(c(xb, yb))
+        assert l1 == l2
+    assert c.program.lowered_runs == 3 and _params_equal(m1, m2)
 
 
 def test_loaded_plan_runs_lowered(digits, tmp_path):
@@ -538,3 +544,31 @@ def test_loaded_plan_runs_lowered(digits, tmp_path):
     assert loaded.lowered and loaded.lowered_runs == 4
     for p, q in zip(loaded.parameters(), m1.parameters()):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def test_optimizer_in_backward_replays_record_by_record(digits):
+    # A gradient-complete hook updates inside backward(): the lowered path never runs then.
+    X, y = digits
+
+    def make():
+        model = nn.mlp([64, 16, 10], seed=0)
+        o = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, in_backward=True)
+
+        def step(x, yb):
+            loss = F.cross_entropy(model(x), yb)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return model, o, step
+
+    m1, o1, eager = make()
+    m2, o2, step = make()
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 4):
+        assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
+    assert compiled.program.lowered_runs == 0 and "hook" in compiled.lower_note
+    assert _params_equal(m1, m2)
+    o1.remove_hooks()
+    o2.remove_hooks()

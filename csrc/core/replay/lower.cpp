@@ -98,8 +98,6 @@ class Lowering {
 
     bool forward_ok() {
         if (seen_backward_) return fail("a forward op after backward");
-        if (policy_ >= 0) return fail("a forward op under a sampling policy (sampled packs are not lowered)");
-        if (policy_ == -2) L_->check_entry_policy = true;
         return true;
     }
 
@@ -144,6 +142,7 @@ class Lowering {
         const DType dt = xv.dt;
         const bool rg = xv.rg || L_->vals[(size_t)W].rg || (b >= 0 && L_->vals[(size_t)b].rg);
         n.out = out = work(os, dt, rg);
+        if (L_->vals[(size_t)W].rg) n.pack = n_packs_++;
         add_node(n);
         return true;
     }
@@ -266,7 +265,6 @@ class Lowering {
         switch (r.op) {
             case Op::SET_POLICY:
                 if (r.ints.size() != 1) return fail("a malformed record");
-                policy_ = r.ints[0] < 0 ? -1 : r.ints[0];
                 return call(k, LAction::CALL);
             case Op::CLEAR_GRADS:
                 for (int32_t s : r.in)
@@ -371,6 +369,9 @@ class Lowering {
             if (v.rg && v.reached) v.goff = place(bytes);
         }
         L_->ws_bytes = top;
+        L_->packs.resize((size_t)n_packs_);
+        L_->pack_node = std::make_shared<Node>();
+        L_->pack_node->op = OpKind::LINEAR;
         L_->ptr.assign(V.size(), nullptr);
         return true;
     }
@@ -379,7 +380,7 @@ class Lowering {
     LoweredPtr L_;
     std::vector<int32_t> val_of_, uses_, producer_;
     std::vector<int32_t> cleared_, cleared_at_backward_;
-    int64_t policy_ = -2;  // -2: whatever is active when the step starts; -1: none
+    int32_t n_packs_ = 0;
     bool seen_backward_ = false, dt_set_ = false;
     DType dt_ = DType::F32;
     std::string why_;

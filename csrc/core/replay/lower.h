@@ -16,13 +16,17 @@
 //
 //   Lowered: linear_chain, linear (2-D weight), relu / tanh / sigmoid, cross_entropy, mse_loss,
 //   a VIEW of an input (integer labels), backward of the loss, clear_grads, policy switches and
-//   the optimizer records (called with prebuilt argument lists). Not lowered (the program
-//   replays record by record, Program::lower_note says why): any other op, a forward op under a
-//   sampling policy, a value or parameter read by two ops (gradients would accumulate), a
-//   gradient not cleared before backward, grad mode or .grad set inside the step.
-//   Per call, the lowered path is skipped (the records run instead) when grad mode is off,
-//   a gradient-complete hook exists (optimizers in backward), an input requires grad or is not
-//   contiguous, or a sampling policy is active at entry of a step that does not set its own.
+//   the optimizer records (called with prebuilt argument lists). Under a sampling policy a
+//   linear layer packs its input through the same pack_weight_input() call as eager mode and
+//   its backward reads the payload through sampled_weight_grad() / output_grad_for_dx(), so
+//   sampled steps (RAD, CRS, SPAD...) lower too, with the eager RNG draws and policy clock
+//   (those calls still allocate their payloads). Not lowered (the program replays record by
+//   record, Program::lower_note says why): any other op (conv2d, matmul, dropout, ...), a
+//   value or parameter read by two ops (gradients would accumulate), a gradient not cleared
+//   before backward, grad mode or .grad set inside the step.
+//   Per call, the lowered path is skipped (the records run instead) when grad mode is off, a
+//   gradient-complete hook exists (optimizers in backward), or an input requires grad or is
+//   not contiguous.
 #pragma once
 #include <memory>
 #include <string>

@@ -76,8 +76,45 @@ bool all_finite_ptr(const void *p, DType dt, int64_t n) {
     return ok;
 }
 
+// A (rows x cols) float tensor over the workspace at byte offset `off` (made once per pack).
+Tensor ws_alias(const Lowered &L, int64_t off, int64_t rows, int64_t cols, DType dt) {
+    Tensor t = view(L.ws, {rows, cols}, contiguous_strides({rows, cols}), off / (int64_t)dtype_size(dt));
+    t->dtype = dt;
+    return t;
+}
+
+// Value v as a (rows x cols) tensor, as ops::linear hands it to pack_weight_input.
+Tensor value_2d(LPack &pk, const Lowered &L, int32_t v, int64_t rows, int64_t cols) {
+    const LVal &x = L.vals[(size_t)v];
+    if (x.kind == LVal::WORK) {
+        if (!pk.x2d) pk.x2d = ws_alias(L, x.off, rows, cols, x.dt);
+        pk.x_in_ws = true;
+        return pk.x2d;
+    }
+    Tensor t;
+    if (x.kind == LVal::INPUT) t = (*L.inputs)[(size_t)x.src];
+    else if (x.kind == LVal::CONST) t = L.prog->consts[(size_t)x.src];
+    else {  // a view of an input or a constant
+        const LVal &b = L.vals[(size_t)x.src];
+        const Tensor &base = b.kind == LVal::INPUT ? (*L.inputs)[(size_t)b.src] : L.prog->consts[(size_t)b.src];
+        t = view(base, x.shape, contiguous_strides(x.shape), base->offset + x.off);
+    }
+    if (t->shape != Shape{rows, cols}) t = view(t, {rows, cols}, contiguous_strides({rows, cols}), t->offset);
+    return t;
+}
+
+// Under a sampling policy, ops::linear saves x for dW through pack_weight_input: so do we.
+void pack_input(Lowered &L, const LNode &n) {
+    LPack &pk = L.packs[(size_t)n.pack];
+    pk.slot = SavedTensor();  // a payload left by a step that never ran backward goes first
+    Tensor x2d = value_2d(pk, L, n.a, n.R, n.K);
+    if (L.vals[(size_t)n.a].kind != LVal::WORK) pk.x2d = x2d;
+    pack_weight_input(*L.pack_node, pk.slot, x2d, L.prog->consts[(size_t)L.vals[(size_t)n.b].src]);
+}
+
 // ops::linear (linalg.cpp): bias rows, then gemm with beta 1; the activation in place.
-template <class T> void linear_forward(const Lowered &L, const LNode &n) {
+template <class T> void linear_forward(Lowered &L, const LNode &n) {
+    if (n.pack >= 0 && active_policy()) pack_input(L, n);
     T *o = at<T>(L, n.out);
     T beta = 0;
     if (n.c >= 0) {
@@ -94,14 +131,22 @@ template <class T> void linear_forward(const Lowered &L, const LNode &n) {
 
 // backward_LINEAR (linalg.cpp), exact payload: dW = matmul(x^T, g), db = sum(g, 0),
 // dx = matmul(g, W^T), with the layouts matmul_kernel derives for those views.
-template <class T> void linear_backward(const Lowered &L, const LNode &n) {
+// A payload packed under a policy is read through the sampling calls eager mode makes
+// (weight_input_grad, output_grad_for_dx) and released after the rule, as the tape does.
+template <class T> void linear_backward(Lowered &L, const LNode &n) {
     const LVal &xv = L.vals[(size_t)n.a], &wv = L.vals[(size_t)n.b];
+    LPack *pk = n.pack >= 0 && L.packs[(size_t)n.pack].slot.defined() ? &L.packs[(size_t)n.pack] : nullptr;
     T *g = grad_of<T>(L, n.out);
     if (n.act != Act::NONE) act_backward<T>(n.act, at<T>(L, n.out), g, g, n.R * n.N);
+    if (pk && !pk->g2d) pk->g2d = ws_alias(L, L.vals[(size_t)n.out].goff, n.R, n.N, xv.dt);
     const Shape xs = contiguous_strides({n.R, n.K}), gs = contiguous_strides({n.R, n.N});
     bool ta, tb;
     int64_t lda, ldb;
-    if (wv.reached) {  // x^T is (K x R) with strides (xs1, xs0)
+    if (wv.reached && pk && is_sampled(pk->slot)) {
+        Tensor dW = contiguous(sampled_weight_grad(*L.pack_node, pk->slot, pk->g2d, {n.K, n.N}));
+        std::copy(dW->data<T>(), dW->data<T>() + n.K * n.N, grad_of<T>(L, n.b));
+    } else if (wv.reached) {  // x^T is (K x R) with strides (xs1, xs0)
+        if (pk) note_exact_read(pk->slot, pk->x2d, pk->g2d);
         lowered_gemm_layout(n.K, n.R, xs[1], xs[0], ta, lda);
         lowered_gemm_layout(n.R, n.N, gs[0], gs[1], tb, ldb);
         gemm(ta, tb, n.K, n.N, n.R, T(1), at<T>(L, n.a), lda, g, ldb, T(0), grad_of<T>(L, n.b), n.N);
@@ -113,10 +158,13 @@ template <class T> void linear_backward(const Lowered &L, const LNode &n) {
             for (int64_t j = 0; j < n.N; ++j) db[j] += g[r * n.N + j];
     }
     if (xv.reached) {  // W^T is (N x K) with strides (ws1, ws0)
+        Tensor gd = pk && wv.reached ? output_grad_for_dx(pk->slot, pk->g2d) : Tensor();
         lowered_gemm_layout(n.R, n.N, gs[0], gs[1], ta, lda);
         lowered_gemm_layout(n.N, n.K, n.ws1, n.ws0, tb, ldb);
-        gemm(ta, tb, n.R, n.K, n.N, T(1), g, lda, at<T>(L, n.b), ldb, T(0), grad_of<T>(L, n.a), n.K);
+        gemm(ta, tb, n.R, n.K, n.N, T(1), gd ? gd->data<T>() : g, lda, at<T>(L, n.b), ldb, T(0),
+             grad_of<T>(L, n.a), n.K);
     }
+    if (pk) pk->slot.release();
 }
 
 // ops::cross_entropy (loss.cpp): softmax into the workspace, the loss in double.
@@ -185,6 +233,13 @@ template <class T> void mse_backward(const Lowered &L, const LNode &n) {
     for (int64_t i = 0; i < n.N; ++i) o[i] = d[i] * c;
 }
 
+void release_packs(Lowered &L) {
+    for (LPack &pk : L.packs) {
+        if (pk.slot.defined()) pk.slot = SavedTensor();
+        if (!pk.x_in_ws) pk.x2d.reset();  // the caller's input: not held past the step
+    }
+}
+
 void forward(Lowered &L, const LNode &n) {
     const DType dt = L.vals[(size_t)n.a].dt;
     SPAD_FLOAT(dt, T, {
@@ -210,6 +265,7 @@ void ready_grad(Lowered &L, size_t i) {
 }
 
 void backward_pass(Lowered &L) {
+    NoGradGuard no_grad;  // as the eager sweep runs its rules (create_graph is never lowered)
     for (size_t i = 0; i < L.params.size(); ++i) ready_grad(L, i);
     for (size_t k = L.nodes.size(); k-- > 0;) {
         const LNode &n = L.nodes[k];
@@ -229,37 +285,7 @@ void backward_pass(Lowered &L) {
     for (size_t i = 0; i < L.params.size(); ++i) L.params[i]->grad = L.grads[i];
 }
 
-}  // namespace
-
-bool lowered_applies(const Lowered &L, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
-    if (!grad_enabled()) return why = "grad mode is off", false;
-    if (any_grad_complete_hooks()) return why = "a gradient-complete hook is set (optimizer in backward)", false;
-    if (L.check_entry_policy && active_policy()) return why = "a sampling policy is active", false;
-    for (const Tensor &t : inputs)
-        if (t->requires_grad || !t->is_contiguous()) return why = "an input requires grad or is strided", false;
-    return true;
-}
-
-Tensor run_lowered(Lowered &L, Program &P, const std::vector<Tensor> &inputs) {
-    if (!L.ws) {
-        ArenaScope persistent(persistent_arena());
-        L.ws = empty({(int64_t)std::max<size_t>(L.ws_bytes, 1)}, DType::U8);
-    }
-    if (!L.loss_t || L.loss_t.use_count() > 1 || L.loss_t->storage.use_count() > 1) {
-        ArenaScope persistent(persistent_arena());
-        L.loss_t = empty({}, L.loss_dt);
-    }
-    for (size_t v = 0; v < L.vals.size(); ++v) {
-        const LVal &x = L.vals[v];
-        switch (x.kind) {
-            case LVal::INPUT: L.ptr[v] = static_cast<char *>(inputs[(size_t)x.src]->raw()); break;
-            case LVal::CONST: L.ptr[v] = static_cast<char *>(P.consts[(size_t)x.src]->raw()); break;
-            case LVal::WORK:
-                L.ptr[v] = x.off < 0 ? static_cast<char *>(L.loss_t->raw()) : L.ws->data<char>() + x.off;
-                break;
-            case LVal::VIEW: L.ptr[v] = L.ptr[(size_t)x.src] + x.off * (int64_t)dtype_size(x.dt); break;
-        }
-    }
+void run_actions(Lowered &L, Program &P) {
     for (const LAction &a : L.actions) {
         switch (a.kind) {
             case LAction::FORWARD: forward(L, L.nodes[(size_t)a.idx]); break;
@@ -286,8 +312,50 @@ Tensor run_lowered(Lowered &L, Program &P, const std::vector<Tensor> &inputs) {
             }
         }
     }
+}
+
+}  // namespace
+
+bool lowered_applies(const Lowered &L, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
+    if (!grad_enabled()) return why = "grad mode is off", false;
+    if (any_grad_complete_hooks()) return why = "a gradient-complete hook is set (optimizer in backward)", false;
+    for (const Tensor &t : inputs)
+        if (t->requires_grad || !t->is_contiguous()) return why = "an input requires grad or is strided", false;
+    return true;
+}
+
+Tensor run_lowered(Lowered &L, Program &P, const std::vector<Tensor> &inputs) {
+    if (!L.ws) {
+        ArenaScope persistent(persistent_arena());
+        L.ws = empty({(int64_t)std::max<size_t>(L.ws_bytes, 1)}, DType::U8);
+    }
+    if (!L.loss_t || L.loss_t.use_count() > 1 || L.loss_t->storage.use_count() > 1) {
+        ArenaScope persistent(persistent_arena());
+        L.loss_t = empty({}, L.loss_dt);
+    }
+    for (size_t v = 0; v < L.vals.size(); ++v) {
+        const LVal &x = L.vals[v];
+        switch (x.kind) {
+            case LVal::INPUT: L.ptr[v] = static_cast<char *>(inputs[(size_t)x.src]->raw()); break;
+            case LVal::CONST: L.ptr[v] = static_cast<char *>(P.consts[(size_t)x.src]->raw()); break;
+            case LVal::WORK:
+                L.ptr[v] = x.off < 0 ? static_cast<char *>(L.loss_t->raw()) : L.ws->data<char>() + x.off;
+                break;
+            case LVal::VIEW: L.ptr[v] = L.ptr[(size_t)x.src] + x.off * (int64_t)dtype_size(x.dt); break;
+        }
+    }
+    L.inputs = &inputs;
+    L.prog = &P;
+    try {
+        run_actions(L, P);
+    } catch (...) {
+        release_packs(L);  // as eager mode drops the graph of a failed step
+        throw;
+    }
+    release_packs(L);  // payloads no backward read (a step without backward) die with the step
     return L.returns_loss ? L.loss_t : Tensor();
 }
+
 
 size_t lowered_workspace_bytes(const Lowered &L) { return L.ws_bytes; }
 size_t lowered_n_kernels(const Lowered &L) { return L.nodes.size(); }

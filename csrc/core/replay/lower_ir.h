@@ -3,6 +3,7 @@
 #pragma once
 #include <vector>
 
+#include "../node.h"
 #include "lower.h"
 #include "program.h"
 
@@ -35,6 +36,17 @@ struct LNode {
     int64_t R = 0, K = 0, N = 0;  // LINEAR: rows, in, out; CROSS_ENTROPY: batch, classes; else numel
     int64_t ws0 = 0, ws1 = 0;     // LINEAR: W's strides (a 2-D weight view is allowed if gemm takes it)
     int64_t aux = -1;      // losses: byte offset of the softmax (CE) / residual (MSE) in the workspace
+    int32_t pack = -1;     // LINEAR with a weight that requires grad: its slot in Lowered::packs
+};
+
+// What a linear layer saves for dW while a sampling policy is active: the payload eager
+// mode's pack_weight_input() makes (sampling/sampling.h), packed and read by the same calls,
+// so RNG counters, the policy clock and the estimates are the eager ones. Tensors that alias
+// the workspace (x and the output gradient, shaped (rows, features)) are made once.
+struct LPack {
+    SavedTensor slot;
+    Tensor x2d, g2d;  // aliases of the workspace (x2d is rebuilt per call when x is an input)
+    bool x_in_ws = false;
 };
 
 struct LAction {
@@ -47,6 +59,8 @@ struct Lowered {
     std::vector<LVal> vals;
     std::vector<LNode> nodes;
     std::vector<LAction> actions;
+    std::vector<LPack> packs;         // per linear layer with a weight that requires grad
+    std::shared_ptr<Node> pack_node;  // the LINEAR node the sampling calls name in messages
     std::vector<Tensor> params;       // CONSTs that receive a gradient from the lowered backward
     std::vector<Tensor> grads;        // their persistent gradient tensors (made on first use)
     std::vector<std::vector<Tensor>> lists;              // prebuilt optimizer argument lists
@@ -56,9 +70,10 @@ struct Lowered {
     Tensor loss_t;                    // the loss (0-d), reused while nobody else holds it
     int32_t loss_node = -1;
     bool returns_loss = false;
-    bool check_entry_policy = false;  // a forward node runs before the step sets its own policy
     DType loss_dt = DType::F32;
     std::vector<char *> ptr;          // per value, resolved at each run
+    const std::vector<Tensor> *inputs = nullptr;  // of the running call
+    const Program *prog = nullptr;
 };
 
 // Can a (rows x cols) view with strides (sr, sc) go to gemm directly, and how? The same
