@@ -19,11 +19,14 @@ import numpy as np
 
 import engines as E
 import spad
+import spad.sampling as S
 
 # name, sizes, batch, loss ("cnn": the engines' small CNN on 28x28)
 WORKLOADS = [
     ("W3 MLP 2-16-16-1, batch 1, mse", [2, 16, 16, 1], 1, "mse"),
     ("W1 digits MLP 64-256-256-10, batch 32", [64, 256, 256, 10], 32, "xent"),
+    # spad engines under RAD keep 0.1 (sampled packs, lowered too); numpy and PyTorch stay exact
+    ("W1 digits MLP, RAD keep 0.1 (spad only)", [64, 256, 256, 10], 32, "xent-rad"),
     ("W2 MLP 784-1024-1024-10, batch 128", [784, 1024, 1024, 10], 128, "xent"),
     ("CNN conv8-pool-conv16-pool-linear, 28x28, batch 32", None, 32, "cnn"),
 ]
@@ -61,12 +64,14 @@ def _cases(torch, lr=1e-3):
             rec_model = E.SpadCNN(w, lr)
             tstep = E.TorchCNN(torch, w, lr).step if torch is not None else None
         else:
+            pol = (lambda: S.RAD(keep=0.1, seed=0)) if loss.endswith("-rad") else (lambda: None)
+            loss = loss.replace("-rad", "")
             x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
             y = rng.integers(0, sizes[-1], batch) if loss == "xent" else \
                 rng.standard_normal((batch, sizes[-1])).astype(np.float32)
             w = benchlib.he_uniform_mlp(sizes, seed=0)
-            eager, comp_model, npy = E.SpadMLP(w, lr, loss), E.SpadMLP(w, lr, loss), E.NumpyMLP(w, lr, loss)
-            rec_model = E.SpadMLP(w, lr, loss)
+            eager, comp_model = E.SpadMLP(w, lr, loss, policy=pol()), E.SpadMLP(w, lr, loss, policy=pol())
+            npy, rec_model = E.NumpyMLP(w, lr, loss), E.SpadMLP(w, lr, loss, policy=pol())
             tstep = _torch_mlp_step(torch, w, lr, loss) if torch is not None else None
         compiled, records = spad.compile(comp_model.step), spad.compile(rec_model.step, lower=False)
         xs = spad.tensor(x)
