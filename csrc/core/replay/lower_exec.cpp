@@ -7,6 +7,7 @@
 
 #include "../arena.h"
 #include "../gemm.h"
+#include "../ops.h"
 #include "../optim.h"
 #include "../sampling/sampling.h"
 #include "../tape.h"
@@ -167,7 +168,7 @@ template <class T> void linear_backward(Lowered &L, const LNode &n) {
     if (pk) pk->slot.release();
 }
 
-// ops::cross_entropy (loss.cpp): softmax into the workspace, the loss in double.
+// ops::cross_entropy (loss.cpp): its checks, then its kernel (softmax into the workspace).
 template <class T> void ce_forward(const Lowered &L, const LNode &n, T *loss) {
     const int64_t B = n.R, C = n.N;
     const T *x = at<T>(L, n.a);
@@ -178,38 +179,13 @@ template <class T> void ce_forward(const Lowered &L, const LNode &n, T *loss) {
                    C - 1, ")");
     SPAD_CHECK(all_finite_ptr(x, L.vals[(size_t)n.a].dt, B * C), ValueError, "cross_entropy: logits of shape ",
                shape_str(L.vals[(size_t)n.a].shape), " contain NaN or inf");
-    T *p = reinterpret_cast<T *>(L.ws->data<char>() + n.aux);
-    for (int64_t b = 0; b < B; ++b) {  // softmax_kernel with outer = B, L = C, inner = 1
-        const T *px = x + b * C;
-        T *pp = p + b * C;
-        T m = px[0];
-        for (int64_t l = 1; l < C; ++l) m = std::max(m, px[l]);
-        T s = 0;
-        for (int64_t l = 0; l < C; ++l) s += std::exp(px[l] - m);
-        const T inv = T(1) / s;
-        for (int64_t l = 0; l < C; ++l) pp[l] = std::exp(px[l] - m) * inv;
-    }
-    double acc = 0;
-    for (int64_t b = 0; b < B; ++b) {
-        const T *xb = x + b * C;
-        T m = xb[0];
-        for (int64_t c = 1; c < C; ++c) m = std::max(m, xb[c]);
-        double s = 0;
-        for (int64_t c = 0; c < C; ++c) s += std::exp((double)(xb[c] - m));
-        acc += (double)m + std::log(s) - (double)xb[py[b]];
-    }
-    *loss = (T)(acc / (double)B);
+    *loss = ops::cross_entropy_kernel<T>(x, py, B, C, reinterpret_cast<T *>(L.ws->data<char>() + n.aux));
 }
 
 // backward_CROSS_ENTROPY with the seed 1: (softmax - onehot) / B, over the softmax.
 template <class T> void ce_backward(const Lowered &L, const LNode &n) {
-    const int64_t B = n.R, C = n.N;
-    const int64_t *py = at<int64_t>(L, n.c);
-    const T *p = reinterpret_cast<const T *>(L.ws->data<char>() + n.aux);
-    T *o = grad_of<T>(L, n.a);
-    const T s = (T)(1.0 / (double)B);
-    for (int64_t i = 0; i < B * C; ++i) o[i] = p[i] * s;
-    for (int64_t b = 0; b < B; ++b) o[b * C + py[b]] -= s;
+    ops::cross_entropy_grad_kernel<T>(reinterpret_cast<const T *>(L.ws->data<char>() + n.aux), at<int64_t>(L, n.c), n.R,
+                                      n.N, 1.0, grad_of<T>(L, n.a));
 }
 
 // ops::mse_loss: d = pred - target, mean of d^2 accumulated in double.
@@ -219,10 +195,8 @@ template <class T> void mse_forward(const Lowered &L, const LNode &n, T *loss) {
                ValueError, "mse_loss: prediction or target of shape ", shape_str(pv.shape), " contains NaN or inf");
     const T *a = at<T>(L, n.a), *b = at<T>(L, n.c);
     T *d = reinterpret_cast<T *>(L.ws->data<char>() + n.aux);
-    for (int64_t i = 0; i < n.N; ++i) d[i] = a[i] - b[i];
-    double s = 0;
-    for (int64_t i = 0; i < n.N; ++i) s += (double)d[i] * (double)d[i];
-    *loss = (T)(s / (double)n.N);
+    for (int64_t i = 0; i < n.N; ++i) d[i] = a[i] - b[i];  // ops::sub's same-shape loop
+    *loss = ops::mean_square_kernel<T>(d, n.N);
 }
 
 // backward_MSE with the seed 1: d * (1 * (T)(2 / N)).
