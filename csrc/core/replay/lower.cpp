@@ -122,8 +122,8 @@ class Lowering {
         n.N = w->shape[1];
         n.R = n.K ? numel_of(xv.shape) / n.K : 0;
         if (n.R <= 0 || n.K <= 0 || n.N <= 0) return fail("an empty linear layer");
-        bool t;
-        int64_t ld;
+        bool t = false;
+        int64_t ld = 0;
         if (!lowered_gemm_layout(n.K, n.N, w->strides[0], w->strides[1], t, ld))
             return fail("a weight layout gemm does not take directly");
         n.ws0 = w->strides[0];

@@ -123,8 +123,8 @@ template <class T> void linear_forward(Lowered &L, const LNode &n) {
         for (int64_t r = 0; r < n.R; ++r) std::copy(pb, pb + n.N, o + r * n.N);
         beta = 1;
     }
-    bool tw;
-    int64_t ldw;
+    bool tw = false;
+    int64_t ldw = 0;
     lowered_gemm_layout(n.K, n.N, n.ws0, n.ws1, tw, ldw);
     gemm(false, tw, n.R, n.N, n.K, T(1), at<T>(L, n.a), n.K, at<T>(L, n.b), ldw, beta, o, n.N);
     if (n.act != Act::NONE) act_forward<T>(n.act, o, o, n.R * n.N);
@@ -141,8 +141,8 @@ template <class T> void linear_backward(Lowered &L, const LNode &n) {
     if (n.act != Act::NONE) act_backward<T>(n.act, at<T>(L, n.out), g, g, n.R * n.N);
     if (pk && !pk->g2d) pk->g2d = ws_alias(L, L.vals[(size_t)n.out].goff, n.R, n.N, xv.dt);
     const Shape xs = contiguous_strides({n.R, n.K}), gs = contiguous_strides({n.R, n.N});
-    bool ta, tb;
-    int64_t lda, ldb;
+    bool ta = false, tb = false;
+    int64_t lda = 0, ldb = 0;
     if (wv.reached && pk && is_sampled(pk->slot)) {
         Tensor dW = contiguous(sampled_weight_grad(*L.pack_node, pk->slot, pk->g2d, {n.K, n.N}));
         std::copy(dW->data<T>(), dW->data<T>() + n.K * n.N, grad_of<T>(L, n.b));
@@ -290,7 +290,7 @@ void run_actions(Lowered &L, Program &P) {
 
 }  // namespace
 
-bool lowered_applies(const Lowered &L, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
+bool lowered_applies(const Lowered &, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
     if (!grad_enabled()) return why = "grad mode is off", false;
     if (any_grad_complete_hooks()) return why = "a gradient-complete hook is set (optimizer in backward)", false;
     for (const Tensor &t : inputs)
