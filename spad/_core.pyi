@@ -320,6 +320,30 @@ class _Program:
     def heap_bytes(self) -> int:
         ...
     @property
+    def lower_enabled(self) -> bool:
+        """
+        Whether replays may take the lowered, tape-free path (csrc/core/replay/lower.h).
+        """
+    @lower_enabled.setter
+    def lower_enabled(self, arg1: bool) -> None:
+        ...
+    @property
+    def lower_note(self) -> str:
+        """
+        Why the program, or its last call, did not take the lowered path ('' if it did).
+        """
+    @property
+    def lowered(self) -> bool:
+        """
+        True once the program is lowered (tried at the first replay).
+        """
+    @property
+    def lowered_runs(self) -> int:
+        ...
+    @property
+    def lowered_workspace_bytes(self) -> int:
+        ...
+    @property
     def n_inputs(self) -> int:
         ...
     @property

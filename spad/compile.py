@@ -33,6 +33,19 @@ key. A call whose argument shapes, dtypes or static values differ from every rec
 records again (up to ``max_cache`` programs per step), so a plan never runs on inputs it was
 not made for.
 
+Lowered execution: at the first replay the program is lowered, when every record is one
+the lowering knows (linear layers and ``linear_chain``, relu/tanh/sigmoid, cross-entropy and
+MSE losses, backward of the loss, ``zero_grad``, the optimizers' fused updates), into a flat
+list of kernel calls on raw pointers into one workspace, the parameters, their gradient
+buffers and the optimizer state: no tensor, tape node or allocation per op. Its kernels
+repeat the eager ops' arithmetic (the same gemm calls, the same loops), so a lowered step
+still equals the eager step bit for bit, sampled steps included (a linear layer under a
+sampling policy packs and reads its payload through the eager sampling calls).
+``step.lowered`` says whether the program is lowered, ``step.lower_note`` why not (a conv
+layer, a parameter read twice, ...); such programs, and calls the lowered path cannot serve (grad
+mode off, an optimizer running in backward, an input that requires grad), replay record by
+record as described above. ``spad.compile(fn, lower=False)`` never lowers.
+
 Memory: each heap allocation the recorded step made and freed within the step gets a slice
 of one arena planned from the buffers' lifetimes (``plan_bytes``, known right after the
 first call; ``dump()`` shows it). Replay hands the k-th allocation its slice after checking
@@ -93,13 +106,14 @@ class _Entry:
 class CompiledStep:
     """A step function recorded on its first call and replayed in C++ afterwards (see the module doc)."""
 
-    def __init__(self, fn: Callable[..., Any], max_cache: int = 8):
+    def __init__(self, fn: Callable[..., Any], max_cache: int = 8, lower: bool = True):
         if not callable(fn):
             raise TypeError(f"compile: expected a callable, got {type(fn).__name__}")
         if int(max_cache) < 1:
             raise ValueError(f"compile: max_cache must be >= 1, got {max_cache}")
         self.fn = fn
         self.max_cache = int(max_cache)
+        self.lower = bool(lower)
         self._cache: "OrderedDict[tuple, _Entry]" = OrderedDict()
         self._last: Optional[_Entry] = None
         self.recordings = 0
@@ -138,6 +152,7 @@ class CompiledStep:
         except BaseException:
             rec.abort()
             raise
+        prog.lower_enabled = self.lower
         for note in notes:
             warnings.warn(f"compile: {note}", stacklevel=3)
         e = _Entry(prog, tuple(pos), len(args))
@@ -165,6 +180,16 @@ class CompiledStep:
         return self._program().n_records
 
     @property
+    def lowered(self) -> bool:
+        """Whether the current program runs lowered (decided at its first replay; False before)."""
+        return self._program().lowered
+
+    @property
+    def lower_note(self) -> str:
+        """Why the current program, or its last call, did not run lowered ('' when it did)."""
+        return self._program().lower_note
+
+    @property
     def program(self):
         return self._program()
 
@@ -182,7 +207,8 @@ class CompiledStep:
         return self.dump() if self._last is not None else f"CompiledStep({getattr(self.fn, '__name__', self.fn)!r}, not recorded)"
 
 
-def compile(fn: Callable[..., Any], max_cache: int = 8) -> CompiledStep:  # noqa: A001 (spad.compile)
+def compile(fn: Callable[..., Any], max_cache: int = 8, lower: bool = True) -> CompiledStep:  # noqa: A001
     """Record ``fn`` (forward, backward, optimizer step; returns the loss) on its first call and
-    replay it in C++ on later calls with new inputs of the same shapes. See ``spad.compile`` module doc."""
-    return CompiledStep(fn, max_cache)
+    replay it in C++ on later calls with new inputs of the same shapes, lowered to a tape-free
+    kernel list when it can be (``lower=False``: never). See ``spad.compile`` module doc."""
+    return CompiledStep(fn, max_cache, lower)

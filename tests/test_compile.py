@@ -73,6 +73,7 @@ def test_compiled_equals_eager_digits_100_steps(digits, policy):
         l2 = compiled(xb, yb)
         losses.append((float(l1), float(l2)))
     assert compiled.recordings == 1 and compiled.program.replays == 99
+    assert compiled.lowered and compiled.program.lowered_runs == 99  # sampled packs lower too
     assert _max_rel(m1, m2) <= 1e-6
     assert all(a == b for a, b in losses)
     assert losses[-1][0] < losses[0][0]  # it trained
@@ -138,6 +139,7 @@ def test_conv_step_matches_eager():
     # The replay keeps its plan: in-place buffer reuse is off under a plan (reuse.cpp), so the
     # replayed allocations follow the recorded order.
     assert compiled.program.plan_bytes > 0 and not compiled.program.plan_dropped
+    assert not compiled.lowered and "conv2d" in compiled.lower_note  # replayed record by record
 
 
 def test_plan_arena_is_used_and_smaller_than_eager_peak(digits):
@@ -246,7 +248,7 @@ def test_saved_plan_replays_like_the_original(digits, tmp_path):
     for xb, yb in batches[1:]:
         assert float(compiled(xb, yb)) == float(loaded.run((xb, yb)))
     assert _max_rel(m1, type("M", (), {"parameters": lambda self: loaded.parameters()})()) == 0.0
-    assert not loaded.plan_dropped  # the first run verified the sizes, later runs used the arena
+    assert loaded.lowered and loaded.lowered_runs == 5  # a loaded program lowers like a recorded one
 
 
 def test_constants_made_while_recording_keep_the_plan(digits):
@@ -341,3 +343,209 @@ def test_step_returning_none_compiles_and_replays(digits):
     for xb, yb in _batches(X, y, 3):
         assert compiled(xb, yb) is None
     assert compiled.program.replays == 2 and not compiled.program.plan_dropped
+
+
+# ---- lowered execution (csrc/core/replay/lower.h) ----
+
+def _train_step(model, o, loss=F.cross_entropy):
+    def step(x, yb):
+        out = loss(model(x), yb)
+        o.zero_grad()
+        out.backward()
+        o.step()
+        return out
+
+    return step
+
+
+def _params_equal(m1, m2):
+    return all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_lowered_step_is_taken_and_equals_eager_bit_for_bit(digits, opt):
+    X, y = digits
+    m1, eager = _mlp_step(opt=opt)
+    m2, step = _mlp_step(opt=opt)
+    m3, step3 = _mlp_step(opt=opt)
+    lowered, records = spad.compile(step), spad.compile(step3, lower=False)
+    for xb, yb in _batches(X, y, 100):
+        l1 = float(eager(spad.tensor(xb), yb))
+        assert l1 == float(lowered(xb, yb)) == float(records(xb, yb))
+    assert lowered.lowered and lowered.lower_note == "" and lowered.program.lowered_runs == 99
+    assert not records.lowered and records.program.lowered_runs == 0
+    assert _params_equal(m1, m2) and _params_equal(m1, m3)
+    for p, q in zip(m1.parameters(), m2.parameters()):  # gradients are left in .grad as in eager
+        np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy())
+    assert "lowered: 4 forward kernels" in lowered.dump() and "linear+relu" in lowered.dump()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lowered_functional_layers_batch_one_and_activations(dtype):
+    # F.linear + standalone and fused activations, batch 1 (the gemm layouts of 1-row and
+    # 1-column operands), in=1 and out=1 layers, MSE, SGD with Nesterov momentum and decay.
+    rng = np.random.default_rng(3)
+
+    def make():
+        shapes = [(1, 8), (8, 8), (8, 8), (8, 1)]
+        ps = [spad.tensor(rng_w.standard_normal(s).astype(dtype) * 0.5, requires_grad=True) for s in shapes]
+        bs = [spad.tensor(np.zeros(s[1], dtype), requires_grad=True) for s in shapes]
+        o = optim.SGD(ps + bs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+
+        def step(x, t):
+            h = F.tanh(F.linear(x, ps[0], bs[0]))  # fused into the linear kernel
+            h = F.sigmoid(h)  # on an activation: a kernel of its own
+            h = F.sigmoid(F.linear(h, ps[1], bs[1]))
+            h = F.relu(F.linear(h, ps[2], bs[2]))
+            loss = F.mse_loss(F.linear(h, ps[3], bs[3]), t)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return ps + bs, step
+
+    rng_w = np.random.default_rng(0)
+    p1, eager = make()
+    rng_w = np.random.default_rng(0)
+    p2, step = make()
+    compiled = spad.compile(step)
+    for _ in range(30):
+        x = rng.standard_normal((1, 1)).astype(dtype)
+        t = np.sin(x).astype(dtype)
+        assert float(eager(spad.tensor(x), spad.tensor(t))) == float(compiled(x, t))
+    assert compiled.lowered, compiled.lower_note
+    assert compiled.dump().count("linear+") == 3 and len(re.findall(r"= sigmoid\(v", compiled.dump())) == 1
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_rad_step_lowered_bit_for_bit(digits):
+    # RAD keep 0.1: the lowered step packs and reads the same payloads as eager mode.
+    X, y = digits
+    spad.manual_seed(5)
+    m1, eager = _mlp_step(policy=S.RAD(keep=0.1, seed=3))
+    m2, step = _mlp_step(policy=S.RAD(keep=0.1, seed=3))
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 100):
+        assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
+    assert compiled.lowered and compiled.program.lowered_runs == 99
+    assert _params_equal(m1, m2)
+
+
+def test_not_lowered_programs_say_why_and_still_match_eager():
+    # A weight read twice (tied): its two gradient contributions would accumulate.
+    def tied():
+        W = spad.tensor(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 0.3, requires_grad=True)
+        o = optim.SGD([W], lr=0.1)
+
+        def step(x, t):
+            loss = F.mse_loss(F.linear(F.relu(F.linear(x, W)), W), t)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return W, step
+
+    (W1, e), (W2, s) = tied(), tied()
+    compiled = spad.compile(s)
+    x, t = np.ones((2, 4), np.float32), np.zeros((2, 4), np.float32)
+    for _ in range(3):
+        assert float(e(spad.tensor(x), spad.tensor(t))) == float(compiled(x, t))
+    assert not compiled.lowered and "read by two ops" in compiled.lower_note
+    np.testing.assert_array_equal(W1.numpy(), W2.numpy())
+
+
+def test_gradient_accumulated_across_steps_is_not_lowered():
+    W = spad.tensor(np.ones((3, 2), np.float32), requires_grad=True)
+
+    def step(x, t):  # no zero_grad: .grad accumulates over calls, as in eager mode
+        loss = F.mse_loss(F.linear(x, W), t)
+        loss.backward()
+        return loss
+
+    compiled = spad.compile(step)
+    x, t = np.ones((1, 3), np.float32), np.zeros((1, 2), np.float32)
+    for _ in range(3):
+        compiled(x, t)
+    assert not compiled.lowered and "not cleared" in compiled.lower_note
+    np.testing.assert_array_equal(W.grad.numpy(), np.full((3, 2), 3 * 2.0 * 3 / 2, np.float32))
+
+
+def test_lowered_keeps_a_gradient_the_user_holds(digits):
+    X, y = digits
+    model, step = _mlp_step((64, 16, 10))
+    compiled = spad.compile(step)
+    batches = list(_batches(X, y, 4))
+    compiled(*batches[0])
+    compiled(*batches[1])
+    assert compiled.lowered
+    held = model.parameters()[0].grad
+    before = held.numpy().copy()
+    compiled(*batches[2])
+    np.testing.assert_array_equal(held.numpy(), before)  # a fresh buffer took the new gradient
+    assert not np.array_equal(model.parameters()[0].grad.numpy(), before)
+
+
+def test_lowered_errors_match_eager_and_change_nothing(digits):
+    X, y = digits
+    model, step = _mlp_step((64, 16, 10))
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 2):
+        compiled(xb, yb)
+    assert compiled.lowered
+    snap = [p.numpy().copy() for p in model.parameters()]
+    xb, yb = next(_batches(X, y, 1))
+    yb = yb.copy()
+    yb[3] = 10
+    with pytest.raises(ValueError, match=r"label 10 at position 3 is out of range"):
+        compiled(xb, yb)
+    xb = xb.copy()
+    xb[0, 0] = np.nan
+    with pytest.raises(ValueError, match="contain NaN or inf"):
+        compiled(xb, np.zeros(32, np.int64))
+    assert all(np.array_equal(a, p.numpy()) for a, p in zip(snap, model.parameters()))
+
+
+def test_policy_active_at_entry_is_followed_by_the_lowered_step(digits):
+    X, y = digits
+    spad.manual_seed(1)
+    m1, _ = _mlp_step((64, 32, 10), policy=None)
+    m2, _ = _mlp_step((64, 32, 10), policy=None)
+
+    # steps that do not set their own policy
+    e = _train_step(m1, optim.SGD(m1.parameters(), lr=0.05))
+    c = spad.compile(_train_step(m2, optim.SGD(m2.parameters(), lr=0.05)))
+    bs = list(_batches(X, y, 4))
+    for xb, yb in bs[:2]:
+        assert float(e(spad.tensor(xb), yb)) == float(c(xb, yb))
+    assert c.lowered and c.program.lowered_runs == 1
+    pe, pc = S.RAD(keep=0.5, seed=4), S.RAD(keep=0.5, seed=4)
+    for xb, yb in bs[2:]:  # a policy set outside the step: the lowered step samples under it
+        with S.use(pe):
+            l1 = float(e(spad.tensor(xb), yb))
+        with S.use(pc):
+            l2 = float(c(xb, yb))
+        assert l1 == l2
+    assert c.program.lowered_runs == 3 and _params_equal(m1, m2)
+
+
+def test_optimizer_in_backward_replays_record_by_record(digits):
+    # A gradient-complete hook updates inside backward(): the lowered path never runs then.
+    X, y = digits
+
+    def make():
+        model = nn.mlp([64, 16, 10], seed=0)
+        o = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, in_backward=True)
+        return model, o, _train_step(model, o)
+
+    m1, o1, eager = make()
+    m2, o2, step = make()
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 4):
+        assert float(eager(spad.tensor(xb), yb)) == float(compiled(xb, yb))
+    assert compiled.program.lowered_runs == 0 and "hook" in compiled.lower_note
+    assert _params_equal(m1, m2)
+    o1.remove_hooks()
+    o2.remove_hooks()

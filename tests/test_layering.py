@@ -21,6 +21,7 @@ LAYERS = {
     # Its allocation hook is a bare declaration that alloc_storage (tensor layer) consults.
     "replay/alloc_hook.h": 1,
     "replay/program.h": 7, "replay/plan.h": 7, "replay/plan_file.h": 7,
+    "replay/lower.h": 7, "replay/lower_ir.h": 7,
 }
 
 
@@ -34,6 +35,8 @@ def layer_of(path: Path) -> int:
         return LAYERS["ops.h"]
     if rel == "replay/exec.cpp":  # the op table of program.h
         return LAYERS["replay/program.h"]
+    if rel == "replay/lower_exec.cpp":  # the kernels of lower.h
+        return LAYERS["replay/lower.h"]
     if rel == "tape.cpp":  # the reverse sweep runs the op table and accumulates with ops
         return LAYERS["ops.h"]
     header = rel[: -len(".cpp")] + ".h"

@@ -58,6 +58,15 @@ Tensor softmax(const Tensor &x, int64_t axis);
 Tensor log_softmax(const Tensor &x, int64_t axis);
 Tensor cross_entropy(const Tensor &logits, const Tensor &labels);  // labels int64 (B,)
 Tensor mse_loss(const Tensor &pred, const Tensor &target);
+// The losses' kernels on raw contiguous data (T = float or double), shared by the ops above,
+// their backward rules and the lowered replay (replay/lower.h), which must compute the same bits.
+// cross_entropy: P = row softmax of x (B x C), returns the mean of logsumexp - x[label].
+template <class T> T cross_entropy_kernel(const T *x, const int64_t *labels, int64_t B, int64_t C, T *P);
+// Its gradient for an upstream gradient g: out = P * (g / B), minus g / B at each label.
+template <class T> void cross_entropy_grad_kernel(const T *P, const int64_t *labels, int64_t B, int64_t C, double g,
+                                                  T *out);
+// mse_loss of the residual d = pred - target: the mean of d^2, accumulated in double.
+template <class T> T mean_square_kernel(const T *d, int64_t n);
 
 // convolution, pooling, dropout on NCHW tensors (ops/conv.cpp)
 Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int64_t, 2> stride,

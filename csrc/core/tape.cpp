@@ -199,6 +199,7 @@ void set_grad_complete_hook(const Tensor &leaf, GradHook hook, unsigned forms) {
 }
 
 bool has_grad_complete_hook(const Tensor &leaf) { return leaf && hook_of(leaf.get()) != nullptr; }
+bool any_grad_complete_hooks() { return hook_registry().size.load() > 0; }
 
 // ---- the reverse sweep -------------------------------------------------------------
 static std::atomic<uint64_t> g_epoch{0};  // per-pass visit marks; unique across threads

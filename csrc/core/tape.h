@@ -82,6 +82,7 @@ struct ImplicitGrad {
 
 void set_grad_complete_hook(const Tensor &leaf, GradHook hook, unsigned forms = GRAD_DENSE);
 bool has_grad_complete_hook(const Tensor &leaf);
+bool any_grad_complete_hooks();  // cheap: whether any leaf has a hook at all
 
 // Inside a backward rule of node n: the forms input i's gradient may be handed over in
 // (GRAD_DENSE = 0: return it in gin[i] as usual).

@@ -410,6 +410,17 @@ void register_replay(py::module_ &m) {
         .def_property_readonly("heap_bytes", [](const replay::Program &P) { return P.plan ? P.plan->heap_bytes : 0; })
         .def_property_readonly("plan_dropped", [](const replay::Program &P) { return P.plan_dropped; })
         .def_property_readonly("replays", [](const replay::Program &P) { return P.replays; })
+        .def_property("lower_enabled", [](const replay::Program &P) { return P.lower_enabled; },
+                      [](replay::Program &P, bool on) { P.lower_enabled = on; },
+                      "Whether replays may take the lowered, tape-free path (csrc/core/replay/lower.h).")
+        .def_property_readonly("lowered", [](const replay::Program &P) { return P.lower_state == 1; },
+                               "True once the program is lowered (tried at the first replay).")
+        .def_property_readonly("lower_note", [](const replay::Program &P) { return P.lower_note; },
+                               "Why the program, or its last call, did not take the lowered path ('' if it did).")
+        .def_property_readonly("lowered_runs", [](const replay::Program &P) { return P.lowered_runs; })
+        .def_property_readonly("lowered_workspace_bytes", [](const replay::Program &P) {
+            return P.lower_state == 1 ? replay::lowered_workspace_bytes(*P.lowered) : 0;
+        })
         .def("op_counts", [](const replay::Program &P) {
             py::dict d;
             for (const auto &r : P.records) {

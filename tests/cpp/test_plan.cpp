@@ -1,7 +1,8 @@
 // test_plan.cpp — compiled plans through the C API: a step (MLP 3-16-2, MSE, SGD with momentum)
 // recorded in C++ with the replay Recorder, saved, loaded with spad_plan_load and trained with
-// spad_plan_step must follow the eager step bit for bit; a too-small step arena, a corrupt
-// file and wrong inputs are refused with clear status codes.
+// spad_plan_step (which runs the lowered executor, replay/lower.h) must follow the eager step
+// bit for bit; a too-small step arena, a corrupt file and wrong inputs are refused with clear
+// status codes.
 #include <spad/spad.h>
 
 #include <cstdio>
@@ -102,6 +103,28 @@ void test_plan_trains_like_eager(const std::string &path) {
         OK(spad_plan_param(ctx, plan, i, &p));
         const float *d = static_cast<const float *>(spad_tensor_data(p));
         CHECK(std::memcmp(d, eager.params[(size_t)i]->data<float>(), (size_t)eager.params[(size_t)i]->numel() * 4) == 0);
+    }
+    // The same file loaded into a Program runs lowered (replay/lower.h), still bit for bit.
+    {
+        Net ref = make_net();
+        batch(0, x, y);
+        step(ref, x, y, nullptr);  // the state the file holds
+        auto prog = replay::load_program(path);
+        for (int s = 1; s <= 5; ++s) {
+            batch(s, x, y);
+            Tensor le = step(ref, x, y, nullptr);
+            Tensor l = prog->run({x, y});
+            CHECK(l && item(l) == item(le));
+        }
+        CHECK(prog->lower_state == 1 && prog->lowered_runs == 5);
+        size_t i = 0;
+        for (const Tensor &c : prog->consts) {
+            if (!c || !c->requires_grad) continue;
+            CHECK(i < ref.params.size() &&
+                  std::memcmp(c->data<float>(), ref.params[i]->data<float>(), (size_t)c->numel() * 4) == 0);
+            ++i;
+        }
+        CHECK(i == 4);
     }
     // Wrong inputs: a clear error, nothing run.
     spad_tensor_t *bad[2];

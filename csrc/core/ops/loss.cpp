@@ -88,6 +88,40 @@ static Tensor relink(Node &n, OpKind op, const Tensor &value, size_t n_edges, in
 
 namespace ops {
 
+template <class T> T cross_entropy_kernel(const T *x, const int64_t *py, int64_t B, int64_t C, T *P) {
+    softmax_kernel<T>(x, P, {B, C, 1}, false);
+    double loss = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const T *xb = x + b * C;
+        T m = xb[0];
+        for (int64_t c = 1; c < C; ++c) m = std::max(m, xb[c]);
+        double s = 0;
+        for (int64_t c = 0; c < C; ++c) s += std::exp((double)(xb[c] - m));
+        loss += (double)m + std::log(s) - (double)xb[py[b]];  // logsumexp - x_y
+    }
+    return (T)(loss / (double)B);
+}
+
+template <class T>
+void cross_entropy_grad_kernel(const T *p, const int64_t *py, int64_t B, int64_t C, double g, T *o) {
+    const T s = (T)(g / (double)B);
+    for (int64_t i = 0; i < B * C; ++i) o[i] = p[i] * s;
+    for (int64_t b = 0; b < B; ++b) o[b * C + py[b]] -= s;
+}
+
+template <class T> T mean_square_kernel(const T *d, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += (double)d[i] * (double)d[i];
+    return (T)(s / (double)n);
+}
+
+template float cross_entropy_kernel<float>(const float *, const int64_t *, int64_t, int64_t, float *);
+template double cross_entropy_kernel<double>(const double *, const int64_t *, int64_t, int64_t, double *);
+template void cross_entropy_grad_kernel<float>(const float *, const int64_t *, int64_t, int64_t, double, float *);
+template void cross_entropy_grad_kernel<double>(const double *, const int64_t *, int64_t, int64_t, double, double *);
+template float mean_square_kernel<float>(const float *, int64_t);
+template double mean_square_kernel<double>(const double *, int64_t);
+
 Tensor cross_entropy(const Tensor &logits_, const Tensor &labels) {
     SPAD_CHECK(logits_->ndim() == 2, ValueError, "cross_entropy: expected logits of shape (batch, classes), got ",
                shape_str(logits_->shape));
@@ -110,21 +144,8 @@ Tensor cross_entropy(const Tensor &logits_, const Tensor &labels) {
     Tensor logits = contiguous(logits_);
     Tensor P = empty(logits->shape, logits->dtype);
     Tensor out = empty({}, logits->dtype);
-    SPAD_FLOAT(logits->dtype, T, {
-        const T *x = logits->data<T>();
-        T *p = P->data<T>();
-        softmax_kernel<T>(x, p, {B, C, 1}, false);
-        double loss = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            const T *xb = x + b * C;
-            T m = xb[0];
-            for (int64_t c = 1; c < C; ++c) m = std::max(m, xb[c]);
-            double s = 0;
-            for (int64_t c = 0; c < C; ++c) s += std::exp((double)(xb[c] - m));
-            loss += (double)m + std::log(s) - (double)xb[py[b]];  // logsumexp - x_y
-        }
-        *out->data<T>() = (T)(loss / (double)B);
-    });
+    SPAD_FLOAT(logits->dtype, T,
+               *out->data<T>() = cross_entropy_kernel<T>(logits->data<T>(), py, B, C, P->data<T>()));
     auto node = make_node(OpKind::CROSS_ENTROPY, {&logits_});
     if (node) {
         node->saved[0].pack_exact(P, true);
@@ -147,13 +168,7 @@ void backward_CROSS_ENTROPY(Node &n, const Tensor &g, Tensor *gin) {
         return;
     }
     Tensor d = empty(P->shape, P->dtype);
-    SPAD_FLOAT(P->dtype, T, {
-        const T s = (T)(item(g) / (double)B);
-        const T *p = P->data<T>();
-        T *o = d->data<T>();
-        for (int64_t i = 0; i < B * C; ++i) o[i] = p[i] * s;
-        for (int64_t b = 0; b < B; ++b) o[b * C + py[b]] -= s;
-    });
+    SPAD_FLOAT(P->dtype, T, cross_entropy_grad_kernel<T>(P->data<T>(), py, B, C, item(g), d->data<T>()));
     gin[0] = d;
 }
 namespace ops {
@@ -172,12 +187,7 @@ Tensor mse_loss(const Tensor &pred, const Tensor &target) {
     }
     Tensor out = empty({}, pred->dtype);
     const int64_t N = d->numel();
-    SPAD_FLOAT(d->dtype, T, {
-        const T *p = d->data<T>();
-        double s = 0;
-        for (int64_t i = 0; i < N; ++i) s += (double)p[i] * (double)p[i];
-        *out->data<T>() = (T)(s / (double)N);
-    });
+    SPAD_FLOAT(d->dtype, T, *out->data<T>() = mean_square_kernel<T>(d->data<T>(), N));
     auto node = make_node(OpKind::MSE, {&pred, &target});
     if (node) node->saved[0].pack_exact(d, true);
     attach(out, node);

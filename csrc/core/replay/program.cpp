@@ -202,6 +202,27 @@ Program::~Program() { arena_mem_release(mem_); }
 Tensor Program::run(const std::vector<Tensor> &inputs) {
     SPAD_CHECK((int32_t)inputs.size() == n_inputs, ValueError, "compiled step: expected ", n_inputs, " inputs, got ",
                inputs.size());
+    if (lower_enabled) {
+        if (lower_state == 0) {
+            lowered = lower(*this, lower_note);
+            lower_state = lowered ? 1 : -1;
+        }
+        const char *why = nullptr;
+        if (lower_state == 1 && lowered_applies(*lowered, *this, inputs, why)) {
+            Tensor l = run_lowered(*lowered, *this, inputs);
+            if (!lower_note.empty()) lower_note.clear();
+            ++replays;
+            ++lowered_runs;
+            return l;
+        }
+        if (why) lower_note = str("last call replayed record by record: ", why);
+    }
+    return run_records(inputs);
+}
+
+Tensor Program::run_records(const std::vector<Tensor> &inputs) {
+    SPAD_CHECK((int32_t)inputs.size() == n_inputs, ValueError, "compiled step: expected ", n_inputs, " inputs, got ",
+               inputs.size());
     if (plan && !plan_dropped && plan_verified && !mem_) mem_ = arena_mem_new(*plan);
     for (int32_t i = 0; i < n_inputs; ++i) slots_[(size_t)i] = inputs[(size_t)i];
     for (int32_t s : dead_inputs) slots_[(size_t)s].reset();
@@ -259,6 +280,8 @@ std::string Program::dump() const {
     if (loss >= 0) s += "  returns " + slot_name(*this, loss) + "\n";
     if (plan) s += plan->dump();
     if (plan_dropped) s += "  (plan dropped: an allocation did not match it; replays use the heap)\n";
+    if (lower_state == 1) s += lowered_dump(*lowered);
+    if (!lower_note.empty()) s += str("  not lowered: ", lower_note, "\n");
     return s;
 }
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../tensor.h"
+#include "lower.h"
 
 namespace spad {
 struct Policy;
@@ -78,6 +79,12 @@ struct Program {
     bool plan_dropped = false;         // an allocation did not match the plan: heap from now on
     bool plan_verified = true;         // false for a loaded plan until one step matched its sizes
     int64_t replays = 0;
+    // Lowered execution (lower.h): tried at the first replay; runs every replay it applies to.
+    bool lower_enabled = true;     // false: always replay record by record
+    int8_t lower_state = 0;        // 0 not tried yet, 1 lowered, -1 not lowerable (lower_note says why)
+    std::string lower_note;        // why the program (or the last call) did not take the lowered path
+    int64_t lowered_runs = 0;
+    LoweredPtr lowered;
 
     Program() = default;
     Program(const Program &) = delete;
@@ -86,7 +93,9 @@ struct Program {
 
     // Binds `inputs` (shapes and dtypes already checked), runs every record, returns the loss
     // slot's tensor (or null). Throws whatever a core op throws; slots are released either way.
+    // Takes the lowered path when the program is lowered and the call allows it.
     Tensor run(const std::vector<Tensor> &inputs);
+    Tensor run_records(const std::vector<Tensor> &inputs);  // always record by record
     void finalize();  // computes release_after / dead_inputs from the records
     std::string dump() const;
     size_t n_slots() const { return kinds.size(); }
