@@ -229,6 +229,17 @@ std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &
 // lower variance for the same bytes, and a backward that costs little there anyway).
 constexpr int64_t kMagnitudeBlock = 16;
 
+// Per-feature dW entries in feature order: feature i's entries are [start[i], start[i+1]),
+// in example order, each the example ex[o] whose dy row it reads and its value v[o].
+template <class T> struct FeatureEntries {
+    std::vector<int32_t> start, ex;
+    std::vector<T> v;
+};
+// dW (n x m, every row written) = sum of v[o] * dy[ex[o], :] into row i over its entries
+// (features.cpp; g: B rows of m).
+template <class T>
+void fold_features(T *dW, int64_t n, int64_t m, const T *g, int64_t B, const FeatureEntries<T> &fe);
+
 // dW (n x m) from per-example feature entries: entry e = b*k + s has feature feat[e] and
 // value vals[e]*scale (features.cpp).
 template <class T>

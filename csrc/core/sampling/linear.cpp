@@ -99,25 +99,49 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
 template <class T, class C>
 static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const RandomStream &rs, C *codes,
                             T *scale_b) {
-    std::vector<C> row(n + k + 1);
+    // Per row: the prefix masses in four interleaved segments (four independent add chains
+    // instead of one serial one), then the cumulative draw counts ceil(y_j) (a vectorizable
+    // sweep), then the codes: one unconditional store of the feature's code per feature (two,
+    // so a feature drawn twice needs no branch; the buffer has room), the write position moving
+    // by the feature's count. Only features drawn three times or more take a branch.
+    constexpr int S = 4;
+    std::vector<double> mass(n);
+    std::vector<int32_t> upto(n);
+    std::vector<C> row(n + k + 2);
+    const int64_t seg = (n + S - 1) / S;
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
-        const double l1 = sum8(xb, n, [](double v) { return std::fabs(v); });
+        double acc[S] = {};
+        for (int64_t j = 0; j < seg; ++j)
+            for (int s = 0; s < S; ++s) {
+                const int64_t i = s * seg + j;
+                if (i < n) mass[i] = acc[s] += std::fabs((double)xb[i]);
+            }
+        double off = 0;
+        for (int s = 0; s < S; ++s) {
+            const int64_t i0 = s * seg, i1 = std::min(n, i0 + seg);
+            if (s > 0)
+                for (int64_t i = i0; i < i1; ++i) mass[i] += off;
+            if (i1 > i0) off = mass[i1 - 1];
+        }
+        const double l1 = n ? mass[n - 1] : 0.0;
         scale_b[b] = (T)(l1 / (double)k);
         if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
             std::fill(out, out + k, C(0));
             continue;
         }
+        // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_j) draws land at or
+        // before feature j, y_j = mass_j * k / l1 - u.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
-        double mass = 0;
+        for (int64_t j = 0; j < n; ++j) upto[j] = (int32_t)std::ceil(mass[j] * inv_step - u);
         int64_t pos = 0, prev = 0;  // prev = ceil(y_{j-1}); y_{-1} = -u, ceil = 0
         for (int64_t j = 0; j < n; ++j) {
-            mass += std::fabs((double)xb[j]);
-            const int64_t now = (int64_t)std::ceil(mass * inv_step - u), cnt = now - prev;
+            const int64_t now = std::min<int64_t>(upto[j], k + 1), cnt = now - prev;
             const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
             row[pos] = code;  // written even when cnt = 0: the next feature overwrites it
-            if (cnt > 1) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
+            row[pos + 1] = code;
+            if (cnt > 2) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
             pos += cnt;
             prev = now;
         }
@@ -237,31 +261,56 @@ struct MagnitudeFeatures final : WeightPayload {
     std::vector<Tensor> kept() const override { return {codes, row_scale}; }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
         const int64_t B = g->shape[0];
-        const bool wide = codes->numel() == 4 * B * k;
-        const uint8_t *pc = codes->data<uint8_t>();
-        std::vector<int32_t> feat(B * k);
-        Tensor dW;
+        Tensor dW = empty(wshape, g->dtype);  // every row is written
         SPAD_FLOAT(g->dtype, T, {
-            const T *scale_b = row_scale->data<T>();
-            std::vector<T> v(B * k);
-            for (int64_t e = 0; e < B * k; ++e) {
-                int64_t code;
-                if (wide) {
-                    int32_t c32;
-                    std::memcpy(&c32, pc + 4 * e, 4);
-                    code = c32;
-                } else {
-                    int16_t c16;
-                    std::memcpy(&c16, pc + 2 * e, 2);
-                    code = c16;
-                }
-                feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
-                v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
-            }
-            dW = empty(wshape, g->dtype);
-            scatter_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat);
+            FeatureEntries<T> fe;
+            if (codes->numel() == 4 * B * k)
+                fe = entries<T, int32_t>(codes->data<int32_t>(), B, wshape[0]);
+            else
+                fe = entries<T, int16_t>(codes->data<int16_t>(), B, wshape[0]);
+            fold_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), B, fe);
         });
         return dW;
+    }
+    // The codes straight into feature order (a counting sort in two sweeps). A row's codes
+    // come in feature order (magnitude_paths), so repeated draws of one feature are adjacent:
+    // merged into one entry worth their sum. Code 0 (an all-zero row) is worth nothing.
+    template <class T, class C> FeatureEntries<T> entries(const C *pc, int64_t B, int64_t n) const {
+        const T *scale_b = row_scale->data<T>();
+        FeatureEntries<T> fe;
+        fe.start.assign(n + 1, 0);
+        for (int64_t b = 0; b < B; ++b) {
+            C prev = 0;
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = pc[b * k + t];
+                if (c != prev && c != 0) fe.start[(c < 0 ? -c : c)]++;  // feature |c| - 1, counted at +1
+                prev = c;
+            }
+        }
+        for (int64_t i = 0; i < n; ++i) fe.start[i + 1] += fe.start[i];
+        const int32_t total = fe.start[n];
+        fe.ex.resize(total);
+        fe.v.resize(total);
+        std::vector<int32_t> pos(fe.start.begin(), fe.start.end() - 1);
+        for (int64_t b = 0; b < B; ++b) {
+            const T s = scale_b[b];
+            C prev = 0;
+            int32_t slot = -1;
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = pc[b * k + t];
+                if (c == 0) continue;
+                const T val = c < 0 ? -s : s;
+                if (c == prev) {
+                    fe.v[slot] += val;
+                } else {
+                    slot = pos[(c < 0 ? -c : c) - 1]++;
+                    fe.ex[slot] = (int32_t)b;
+                    fe.v[slot] = val;
+                }
+                prev = c;
+            }
+        }
+        return fe;
     }
 };
 
