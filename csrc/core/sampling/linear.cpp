@@ -106,8 +106,8 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     // by the feature's count. Only features drawn three times or more take a branch.
     constexpr int S = 4;
     std::vector<double> mass(n);
-    std::vector<int32_t> upto(n);
-    std::vector<C> row(n + k + 2);
+    std::vector<int32_t> upto(n), cnt(n);
+    std::vector<C> row(n + k + 2), pair(2 * n);
     const int64_t seg = (n + S - 1) / S;
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
@@ -134,16 +134,24 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
         // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_j) draws land at or
         // before feature j, y_j = mass_j * k / l1 - u.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
-        for (int64_t j = 0; j < n; ++j) upto[j] = (int32_t)std::ceil(mass[j] * inv_step - u);
-        int64_t pos = 0, prev = 0;  // prev = ceil(y_{j-1}); y_{-1} = -u, ceil = 0
+        // ceil(y) for y > -1 as truncation plus a compare, the count per feature and its code
+        // ±(j+1) written twice (one store fills two slots): vectorizable sweeps.
         for (int64_t j = 0; j < n; ++j) {
-            const int64_t now = std::min<int64_t>(upto[j], k + 1), cnt = now - prev;
+            const double y = mass[j] * inv_step - u;
+            const int32_t t = (int32_t)y;
+            upto[j] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            cnt[j] = upto[j] - (j ? upto[j - 1] : 0);
             const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
-            row[pos] = code;  // written even when cnt = 0: the next feature overwrites it
-            row[pos + 1] = code;
-            if (cnt > 2) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
-            pos += cnt;
-            prev = now;
+            pair[2 * j] = pair[2 * j + 1] = code;
+        }
+        int64_t pos = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            // written even when the count is 0 (the next feature overwrites it)
+            std::memcpy(&row[pos], &pair[2 * j], 2 * sizeof(C));
+            if (cnt[j] > 2) std::fill(row.begin() + pos, row.begin() + pos + cnt[j], pair[2 * j]);
+            pos += cnt[j];
         }
         // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
         for (int64_t j = n - 1; pos < k; ++pos) {
@@ -274,42 +282,49 @@ struct MagnitudeFeatures final : WeightPayload {
     }
     // The codes straight into feature order (a counting sort in two sweeps). A row's codes
     // come in feature order (magnitude_paths), so repeated draws of one feature are adjacent:
-    // merged into one entry worth their sum. Code 0 (an all-zero row) is worth nothing.
+    // merged into one entry worth their sum. Code 0 (only in an all-zero row, whose codes are
+    // all 0) is worth nothing: it lands in a dummy slot. Branch-free: whether a code starts a
+    // new entry is data, not control flow (it is a coin flip per code).
     template <class T, class C> FeatureEntries<T> entries(const C *pc, int64_t B, int64_t n) const {
         const T *scale_b = row_scale->data<T>();
         FeatureEntries<T> fe;
-        fe.start.assign(n + 1, 0);
+        fe.start.assign(n + 1, 0);  // start[f + 1] counts feature f's entries (start[0] stays 0)
         for (int64_t b = 0; b < B; ++b) {
             C prev = 0;
             for (int64_t t = 0; t < k; ++t) {
                 const C c = pc[b * k + t];
-                if (c != prev && c != 0) fe.start[(c < 0 ? -c : c)]++;  // feature |c| - 1, counted at +1
+                fe.start[c < 0 ? -c : c] += (int32_t)(c != prev);
                 prev = c;
             }
         }
         for (int64_t i = 0; i < n; ++i) fe.start[i + 1] += fe.start[i];
         const int32_t total = fe.start[n];
-        fe.ex.resize(total);
-        fe.v.resize(total);
-        std::vector<int32_t> pos(fe.start.begin(), fe.start.end() - 1);
+        fe.ex.resize(total + 1);  // + the dummy slot
+        fe.v.resize(total + 1);
+        std::vector<int32_t> pos(n + 1);  // pos[|code|]: the next slot of feature |code| - 1
+        pos[0] = total;
+        std::copy(fe.start.begin(), fe.start.end() - 1, pos.begin() + 1);
         for (int64_t b = 0; b < B; ++b) {
             const T s = scale_b[b];
             C prev = 0;
-            int32_t slot = -1;
+            int32_t slot = total;
+            T acc = 0;
             for (int64_t t = 0; t < k; ++t) {
                 const C c = pc[b * k + t];
-                if (c == 0) continue;
+                const int64_t a = c < 0 ? -c : c;
+                const bool fresh = c != prev;
+                const int32_t cand = pos[a];
+                pos[a] = cand + (int32_t)fresh;
+                slot = fresh ? cand : slot;
                 const T val = c < 0 ? -s : s;
-                if (c == prev) {
-                    fe.v[slot] += val;
-                } else {
-                    slot = pos[(c < 0 ? -c : c) - 1]++;
-                    fe.ex[slot] = (int32_t)b;
-                    fe.v[slot] = val;
-                }
+                acc = fresh ? val : acc + val;
+                fe.v[slot] = acc;
+                fe.ex[slot] = (int32_t)b;
                 prev = c;
             }
         }
+        fe.ex.resize(total);
+        fe.v.resize(total);
         return fe;
     }
 };
