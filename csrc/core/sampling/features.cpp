@@ -28,7 +28,7 @@ constexpr int kFeatVec = 32;
 // twice the independent FMA chains, so the loop is bound by loads rather than FMA latency.
 // `tail` < NV*L: store only that many values (the padded dy makes the loads safe).
 template <class T, int NV>
-static inline void fold_chunk(T *row, const T *g, int64_t ld, const int32_t *ex, const T *v, int32_t cnt,
+__attribute__((always_inline)) static inline void fold_chunk(T *row, const T *g, int64_t ld, const int32_t *ex, const T *v, int32_t cnt,
                               int64_t tail) {
     constexpr int L = kFeatVec / (int)sizeof(T);
     typedef T vec __attribute__((vector_size(kFeatVec)));
@@ -53,11 +53,18 @@ static inline void fold_chunk(T *row, const T *g, int64_t ld, const int32_t *ex,
             a0[u] += v[o] * x0;
         }
     }
-    for (int u = 0; u < NV; ++u) a0[u] += a1[u];
-    if (tail >= NV * L)
-        __builtin_memcpy(row, a0, sizeof(a0));  // each row chunk is written exactly once: no pre-zeroing
-    else
-        __builtin_memcpy(row, a0, (size_t)tail * sizeof(T));
+    // Each row chunk is written exactly once (no pre-zeroing), straight from the registers; a
+    // short last chunk through a copy.
+    for (int u = 0; u < NV; ++u) {
+        a0[u] += a1[u];
+        if (tail >= (u + 1) * L) {
+            __builtin_memcpy(row + u * L, &a0[u], sizeof(vec));
+        } else if (tail > u * L) {
+            T part[L];
+            __builtin_memcpy(part, &a0[u], sizeof(vec));
+            std::copy(part, part + (tail - u * L), row + u * L);
+        }
+    }
 }
 #endif
 

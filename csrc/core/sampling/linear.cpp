@@ -99,32 +99,55 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
 template <class T, class C>
 static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const RandomStream &rs, C *codes,
                             T *scale_b) {
-    // Per row: the prefix masses in four interleaved segments (four independent add chains
-    // instead of one serial one), then the cumulative draw counts ceil(y_j) (a vectorizable
-    // sweep), then the codes: one unconditional store of the feature's code per feature (two,
-    // so a feature drawn twice needs no branch; the buffer has room), the write position moving
-    // by the feature's count. Only features drawn three times or more take a branch.
-    constexpr int S = 4;
+    // Per row, every sweep vectorizable or free of loop-carried chains (this runs over every
+    // input value of the layer, so it must cost a small fraction of the layer's GEMM): the
+    // prefix masses (in-register scans of 8, one carry add per 8), the cumulative draw counts
+    // ceil(y_j), and the codes, each stored at its first slot upto[j-1] (a feature with no
+    // draw shares its slot with the next drawn feature, which is stored after it). Each
+    // store writes the code twice, so a feature drawn twice needs nothing more; the few drawn
+    // three times or more are filled in after.
     std::vector<double> mass(n);
-    std::vector<int32_t> upto(n), cnt(n);
-    std::vector<C> row(n + k + 2), pair(2 * n);
-    const int64_t seg = (n + S - 1) / S;
+    std::vector<int32_t> upto(n + 1);  // upto[j + 1] = ceil(y_j); upto[0] = 0
+    std::vector<C> row(n + k + 3), pair(2 * n);
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
-        double acc[S] = {};
-        for (int64_t j = 0; j < seg; ++j)
-            for (int s = 0; s < S; ++s) {
-                const int64_t i = s * seg + j;
-                if (i < n) mass[i] = acc[s] += std::fabs((double)xb[i]);
-            }
-        double off = 0;
-        for (int s = 0; s < S; ++s) {
-            const int64_t i0 = s * seg, i1 = std::min(n, i0 + seg);
-            if (s > 0)
-                for (int64_t i = i0; i < i1; ++i) mass[i] += off;
-            if (i1 > i0) off = mass[i1 - 1];
+        double carry = 0;
+        int64_t j0 = 0;
+#if defined(__GNUC__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector) && __has_builtin(__builtin_convertvector)
+        typedef double v8 __attribute__((vector_size(64)));
+        typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
+        const v8 zero = {};
+        auto scan8 = [&](const T *p) {  // the prefix sums of |p[0..8)|
+            t8 xt;
+            __builtin_memcpy(&xt, p, sizeof(xt));
+            v8 a = __builtin_convertvector(xt, v8);
+            a = a < zero ? -a : a;
+            a += __builtin_shufflevector(a, zero, 8, 0, 1, 2, 3, 4, 5, 6);
+            a += __builtin_shufflevector(a, zero, 8, 9, 0, 1, 2, 3, 4, 5);
+            a += __builtin_shufflevector(a, zero, 8, 9, 10, 11, 0, 1, 2, 3);
+            return a;
+        };
+        for (; j0 + 16 <= n; j0 += 16) {  // two scans per carry add: the carry chain is short
+            v8 a = scan8(xb + j0), c = scan8(xb + j0 + 8);
+            const double ta = a[7], tc = c[7];
+            a += carry;
+            c += carry + ta;
+            carry += ta + tc;
+            __builtin_memcpy(&mass[j0], &a, sizeof(a));
+            __builtin_memcpy(&mass[j0 + 8], &c, sizeof(c));
         }
+        for (; j0 + 8 <= n; j0 += 8) {
+            v8 a = scan8(xb + j0);
+            const double ta = a[7];
+            a += carry;
+            carry += ta;
+            __builtin_memcpy(&mass[j0], &a, sizeof(a));
+        }
+#endif
+#endif
+        for (; j0 < n; ++j0) mass[j0] = carry += std::fabs((double)xb[j0]);
         const double l1 = n ? mass[n - 1] : 0.0;
         scale_b[b] = (T)(l1 / (double)k);
         if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
@@ -132,29 +155,25 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
             continue;
         }
         // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_j) draws land at or
-        // before feature j, y_j = mass_j * k / l1 - u.
+        // before feature j, y_j = mass_j * k / l1 - u. ceil(y) for y > -1 as truncation plus
+        // a compare: a form compilers vectorize.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
-        // ceil(y) for y > -1 as truncation plus a compare, the count per feature and its code
-        // ±(j+1) written twice (one store fills two slots): vectorizable sweeps.
+        upto[0] = 0;
+        int32_t most = 0;  // the largest count of one feature
         for (int64_t j = 0; j < n; ++j) {
             const double y = mass[j] * inv_step - u;
             const int32_t t = (int32_t)y;
-            upto[j] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
-        }
-        for (int64_t j = 0; j < n; ++j) {
-            cnt[j] = upto[j] - (j ? upto[j - 1] : 0);
+            upto[j + 1] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
             const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
             pair[2 * j] = pair[2 * j + 1] = code;
         }
-        int64_t pos = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            // written even when the count is 0 (the next feature overwrites it)
-            std::memcpy(&row[pos], &pair[2 * j], 2 * sizeof(C));
-            if (cnt[j] > 2) std::fill(row.begin() + pos, row.begin() + pos + cnt[j], pair[2 * j]);
-            pos += cnt[j];
-        }
+        for (int64_t j = 0; j < n; ++j) most = std::max(most, upto[j + 1] - upto[j]);
+        for (int64_t j = 0; j < n; ++j) std::memcpy(&row[upto[j]], &pair[2 * j], 2 * sizeof(C));
+        if (most > 2)
+            for (int64_t j = 0; j < n; ++j)
+                if (upto[j + 1] - upto[j] > 2) std::fill(&row[upto[j]], &row[upto[j + 1]], pair[2 * j]);
         // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
-        for (int64_t j = n - 1; pos < k; ++pos) {
+        for (int64_t pos = upto[n], j = n - 1; pos < k; ++pos) {
             while (j > 0 && xb[j] == 0) --j;
             row[pos] = (C)(xb[j] < 0 ? -(j + 1) : (j + 1));
         }
