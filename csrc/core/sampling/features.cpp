@@ -24,44 +24,45 @@ constexpr int kFeatVec = 32;
 #endif
 
 #if defined(__GNUC__)
-// row[0:NV*L] = sum_o v[o] * g[ex[o]*ld : ...], two accumulator sets (even and odd entries):
-// twice the independent FMA chains, so the loop is bound by loads rather than FMA latency.
+// row[0:NV*L] = sum_o v[o] * g[ex[o]*ld : ...], the NV accumulators in registers. A narrow
+// chunk (NV < 8) keeps two accumulator sets (even and odd entries) so there are enough
+// independent FMA chains to hide their latency; a wide one has enough chains by itself.
 // `tail` < NV*L: store only that many values (the padded dy makes the loads safe).
 template <class T, int NV>
-__attribute__((always_inline)) static inline void fold_chunk(T *row, const T *g, int64_t ld, const int32_t *ex, const T *v, int32_t cnt,
-                              int64_t tail) {
+__attribute__((always_inline)) static inline void fold_chunk(T *row, const T *g, int64_t ld, const int32_t *ex,
+                                                             const T *v, int32_t cnt, int64_t tail) {
     constexpr int L = kFeatVec / (int)sizeof(T);
+    constexpr int SETS = NV < 8 ? 2 : 1;
     typedef T vec __attribute__((vector_size(kFeatVec)));
-    vec a0[NV] = {}, a1[NV] = {};
+    vec a[SETS][NV] = {};
     int32_t o = 0;
-    for (; o + 2 <= cnt; o += 2) {
-        const T *g0 = g + ex[o] * ld, *g1 = g + ex[o + 1] * ld;
-        const T v0 = v[o], v1 = v[o + 1];
-        for (int u = 0; u < NV; ++u) {
-            vec x0, x1;
-            __builtin_memcpy(&x0, g0 + u * L, sizeof(vec));
-            __builtin_memcpy(&x1, g1 + u * L, sizeof(vec));
-            a0[u] += v0 * x0;
-            a1[u] += v1 * x1;
+    for (; o + SETS <= cnt; o += SETS)
+        for (int s = 0; s < SETS; ++s) {
+            const T *gp = g + ex[o + s] * ld;
+            const T vo = v[o + s];
+            for (int u = 0; u < NV; ++u) {
+                vec x;
+                __builtin_memcpy(&x, gp + u * L, sizeof(vec));
+                a[s][u] += vo * x;
+            }
         }
-    }
-    if (o < cnt) {
-        const T *g0 = g + ex[o] * ld;
+    for (; o < cnt; ++o) {
+        const T *gp = g + ex[o] * ld;
         for (int u = 0; u < NV; ++u) {
-            vec x0;
-            __builtin_memcpy(&x0, g0 + u * L, sizeof(vec));
-            a0[u] += v[o] * x0;
+            vec x;
+            __builtin_memcpy(&x, gp + u * L, sizeof(vec));
+            a[0][u] += v[o] * x;
         }
     }
     // Each row chunk is written exactly once (no pre-zeroing), straight from the registers; a
     // short last chunk through a copy.
     for (int u = 0; u < NV; ++u) {
-        a0[u] += a1[u];
+        if (SETS > 1) a[0][u] += a[SETS - 1][u];
         if (tail >= (u + 1) * L) {
-            __builtin_memcpy(row + u * L, &a0[u], sizeof(vec));
+            __builtin_memcpy(row + u * L, &a[0][u], sizeof(vec));
         } else if (tail > u * L) {
             T part[L];
-            __builtin_memcpy(part, &a0[u], sizeof(vec));
+            __builtin_memcpy(part, &a[0][u], sizeof(vec));
             std::copy(part, part + (tail - u * L), row + u * L);
         }
     }
@@ -88,6 +89,11 @@ void fold_features(T *dW, int64_t n, int64_t m, const T *g, int64_t B, const Fea
         T *row = dW + i * m;
         const int32_t s0 = fe.start[i], cnt = fe.start[i + 1] - s0;
         int64_t j0 = 0;
+        // With 32 vector registers (AVX-512) a whole 16-vector chunk fits: one pass over the
+        // row's entries per 16 vectors of columns (rows have few entries, so the per-chunk
+        // setup and the re-reads of the entry list are what a narrower chunk pays for).
+        if (kFeatVec == 64)
+            for (; j0 + 4 * C <= m; j0 += 4 * C) fold_chunk<T, 16>(row + j0, g + j0, ld, ex + s0, v + s0, cnt, 4 * C);
         for (; j0 + C <= m; j0 += C) fold_chunk<T, 4>(row + j0, g + j0, ld, ex + s0, v + s0, cnt, C);
         for (; j0 < m; j0 += L) fold_chunk<T, 1>(row + j0, g + j0, ld, ex + s0, v + s0, cnt, m - j0);
     }
