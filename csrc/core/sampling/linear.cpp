@@ -106,9 +106,14 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     // draw shares its slot with the next drawn feature, which is stored after it). Each
     // store writes the code twice, so a feature drawn twice needs nothing more; the few drawn
     // three times or more are filled in after.
-    std::vector<double> mass(n);
-    std::vector<int32_t> upto(n + 1);  // upto[j + 1] = ceil(y_j); upto[0] = 0
-    std::vector<C> row(n + k + 3), pair(2 * n);
+    // Scratch reused across calls on this thread (this runs once per layer per step).
+    thread_local std::vector<double> mass;
+    thread_local std::vector<int32_t> upto;  // upto[j + 1] = ceil(y_j); upto[0] = 0
+    thread_local std::vector<C> row, pair;
+    mass.resize(n);
+    upto.resize(n + 1);
+    row.resize(n + k + 3);
+    pair.resize(2 * n);
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
@@ -290,6 +295,13 @@ struct MagnitudeFeatures final : WeightPayload {
         const int64_t B = g->shape[0];
         Tensor dW = empty(wshape, g->dtype);  // every row is written
         SPAD_FLOAT(g->dtype, T, {
+            if (wshape[1] * (int64_t)sizeof(T) <= 64) {  // dW rows of at most a cache line (logits)
+                if (codes->numel() == 4 * B * k)
+                    add_rows<T, int32_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int32_t>(), B);
+                else
+                    add_rows<T, int16_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int16_t>(), B);
+                return dW;
+            }
             FeatureEntries<T> fe;
             if (codes->numel() == 4 * B * k)
                 fe = entries<T, int32_t>(codes->data<int32_t>(), B, wshape[0]);
@@ -298,6 +310,26 @@ struct MagnitudeFeatures final : WeightPayload {
             fold_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), B, fe);
         });
         return dW;
+    }
+    // Narrow dW rows (a layer with a few outputs, e.g. the logits): each code's row update
+    // is one short vector, so adding the codes into dW in their own order is cheaper than
+    // sorting them into feature order first (no decode pass; dW stays in L1).
+    template <class T, class C>
+    void add_rows(T *dW, const Shape &wshape, const T *g, const C *pc, int64_t B) const {
+        const int64_t n = wshape[0], m = wshape[1];
+        const T *scale_b = row_scale->data<T>();
+        std::fill(dW, dW + n * m, T(0));
+        for (int64_t b = 0; b < B; ++b) {
+            const C *cb = pc + b * k;
+            if (cb[0] == 0) continue;  // an all-zero row (its codes are all 0): worth nothing
+            const T *gb = g + b * m, s = scale_b[b];
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = cb[t];
+                const T v = c < 0 ? -s : s;
+                T *row = dW + ((c < 0 ? -c : c) - 1) * m;
+                for (int64_t j = 0; j < m; ++j) row[j] += v * gb[j];
+            }
+        }
     }
     // The codes straight into feature order (a counting sort in two sweeps). A row's codes
     // come in feature order (magnitude_paths), so repeated draws of one feature are adjacent:
