@@ -124,18 +124,19 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
         typedef double v8 __attribute__((vector_size(64)));
         typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
         const v8 zero = {};
-        auto scan8 = [&](const T *p) {  // the prefix sums of |p[0..8)|
+        auto scan8 = [&](const T *p, v8 &a) {  // a = the prefix sums of |p[0..8)|
             t8 xt;
             __builtin_memcpy(&xt, p, sizeof(xt));
-            v8 a = __builtin_convertvector(xt, v8);
+            a = __builtin_convertvector(xt, v8);
             a = a < zero ? -a : a;
             a += __builtin_shufflevector(a, zero, 8, 0, 1, 2, 3, 4, 5, 6);
             a += __builtin_shufflevector(a, zero, 8, 9, 0, 1, 2, 3, 4, 5);
             a += __builtin_shufflevector(a, zero, 8, 9, 10, 11, 0, 1, 2, 3);
-            return a;
         };
         for (; j0 + 16 <= n; j0 += 16) {  // two scans per carry add: the carry chain is short
-            v8 a = scan8(xb + j0), c = scan8(xb + j0 + 8);
+            v8 a, c;
+            scan8(xb + j0, a);
+            scan8(xb + j0 + 8, c);
             const double ta = a[7], tc = c[7];
             a += carry;
             c += carry + ta;
@@ -144,7 +145,8 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
             __builtin_memcpy(&mass[j0 + 8], &c, sizeof(c));
         }
         for (; j0 + 8 <= n; j0 += 8) {
-            v8 a = scan8(xb + j0);
+            v8 a;
+            scan8(xb + j0, a);
             const double ta = a[7];
             a += carry;
             carry += ta;
