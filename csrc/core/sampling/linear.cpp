@@ -106,14 +106,9 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     // draw shares its slot with the next drawn feature, which is stored after it). Each
     // store writes the code twice, so a feature drawn twice needs nothing more; the few drawn
     // three times or more are filled in after.
-    // Scratch reused across calls on this thread (this runs once per layer per step).
-    thread_local std::vector<double> mass;
-    thread_local std::vector<int32_t> upto;  // upto[j + 1] = ceil(y_j); upto[0] = 0
-    thread_local std::vector<C> row, pair;
-    mass.resize(n);
-    upto.resize(n + 1);
-    row.resize(n + k + 3);
-    pair.resize(2 * n);
+    std::vector<double> mass(n);
+    std::vector<int32_t> upto(n + 1);  // upto[j + 1] = ceil(y_j); upto[0] = 0
+    std::vector<C> row(n + k + 3), pair(2 * n);
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
