@@ -126,14 +126,17 @@ std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &
     return p;
 }
 
-// The register tile of the block kernel: kTileRows rows of dW x 3 vectors of columns. With
-// 512-bit vectors (the build targets AVX-512: 32 vector registers) 8 rows, so each vector of dy
-// loaded feeds 8 multiply-adds; otherwise 4 rows (12 accumulators + 3 loads + 1 broadcast = the
-// 16 registers of AVX2; other targets get the same code lowered by the compiler).
+// The register tile of the block kernel: kTileRows rows of dW x 3 vectors of columns, the
+// vectors as wide as the build's target has (chosen at compile time: a wider vector type than
+// the target's is emulated, and its scalar broadcasts go through the stack). With 512-bit
+// vectors (AVX-512: 32 vector registers) 8 rows, so each vector of dy loaded feeds 8
+// multiply-adds; otherwise 4 rows (12 accumulators + 3 loads + 1 broadcast = 16 registers).
 #if defined(__GNUC__) && defined(__AVX512F__)
 constexpr int kVecBytes = 64, kTileRows = 8;
-#else
+#elif defined(__AVX__)
 constexpr int kVecBytes = 32, kTileRows = 4;
+#else
+constexpr int kVecBytes = 16, kTileRows = 4;  // baseline x86-64 (SSE2) and other targets
 #endif
 
 // dW[0:rows, :] = sum_o v_o[0:rows] (x) g[goff[o], :] for one feature block's cnt entries.

@@ -14,13 +14,15 @@ namespace sampling_detail {
 // cache). Work: one multiply-add per entry and column.
 //
 // Written with GCC/Clang vector types (portable: the compiler lowers them to the widest
-// vectors the target has; 512-bit when the build targets AVX-512) because auto-vectorizers
+// vectors the target has, chosen at compile time) because auto-vectorizers
 // tend to vectorize across the entries (gathers) instead of across the columns; other
 // compilers get plain loops.
 #if defined(__GNUC__) && defined(__AVX512F__)
 constexpr int kFeatVec = 64;
-#else
+#elif defined(__AVX__)
 constexpr int kFeatVec = 32;
+#else
+constexpr int kFeatVec = 16;  // baseline x86-64 (SSE2): a wider type would be emulated
 #endif
 
 #if defined(__GNUC__)

@@ -114,7 +114,7 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
         C *out = codes + b * k;
         double carry = 0;
         int64_t j0 = 0;
-#if defined(__GNUC__) && defined(__has_builtin)
+#if defined(__AVX512F__) && defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector) && __has_builtin(__builtin_convertvector)
         typedef double v8 __attribute__((vector_size(64)));
         typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
@@ -148,6 +148,20 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
             __builtin_memcpy(&mass[j0], &a, sizeof(a));
         }
 #endif
+#else
+        {  // other targets: four segments, four independent add chains, offsets added after
+            constexpr int S = 4;
+            const int64_t seg = n / S;
+            double acc[S] = {};
+            for (int64_t j = 0; j < seg; ++j)
+                for (int s = 0; s < S; ++s) mass[s * seg + j] = acc[s] += std::fabs((double)xb[s * seg + j]);
+            for (int s = 1; s < S; ++s) {
+                const double off = mass[s * seg - 1];
+                for (int64_t j = s * seg; j < (s + 1) * seg; ++j) mass[j] += off;
+            }
+            j0 = S * seg;
+            carry = j0 ? mass[j0 - 1] : 0.0;
+        }
 #endif
         for (; j0 < n; ++j0) mass[j0] = carry += std::fabs((double)xb[j0]);
         const double l1 = n ? mass[n - 1] : 0.0;
