@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../arena.h"
 #include "../gemm.h"
@@ -106,12 +110,37 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     // draw shares its slot with the next drawn feature, which is stored after it). Each
     // store writes the code twice, so a feature drawn twice needs nothing more; the few drawn
     // three times or more are filled in after.
+    // Zero inputs (ReLU outputs: about half of them) carry no mass and are never drawn, so
+    // the sweep runs over the nonzero values only (nzv, at features nzi).
+    std::vector<T> nzv(n + 16);
+    std::vector<int32_t> nzi(n + 16);
     std::vector<double> mass(n);
-    std::vector<int32_t> upto(n + 1);  // upto[j + 1] = ceil(y_j); upto[0] = 0
+    std::vector<int32_t> upto(n + 1);  // upto[i + 1] = ceil(y_i); upto[0] = 0
     std::vector<C> row(n + k + 3), pair(2 * n);
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
+        int64_t nn = 0, j = 0;
+#if defined(__AVX512F__)
+        if (std::is_same<T, float>::value) {  // 16 values per compare + compress
+            const __m512 zero16 = _mm512_setzero_ps();
+            const __m512i step = _mm512_set1_epi32(16);
+            __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
+                const __m512 v = _mm512_loadu_ps((const float *)xb + j);
+                const __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);  // NaN counts as nonzero
+                _mm512_storeu_ps((float *)nzv.data() + nn, _mm512_maskz_compress_ps(nz, v));
+                _mm512_storeu_si512(nzi.data() + nn, _mm512_maskz_compress_epi32(nz, idx));
+                nn += __builtin_popcount((unsigned)nz);
+            }
+        }
+#endif
+        for (; j < n; ++j) {  // branch-free: always write, advance past nonzeros
+            nzv[nn] = xb[j];
+            nzi[nn] = (int32_t)j;
+            nn += (int64_t)!(xb[j] == T(0));
+        }
+        const T *xv = nzv.data();
         double carry = 0;
         int64_t j0 = 0;
 #if defined(__AVX512F__) && defined(__has_builtin)
@@ -128,10 +157,10 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
             a += __builtin_shufflevector(a, zero, 8, 9, 0, 1, 2, 3, 4, 5);
             a += __builtin_shufflevector(a, zero, 8, 9, 10, 11, 0, 1, 2, 3);
         };
-        for (; j0 + 16 <= n; j0 += 16) {  // two scans per carry add: the carry chain is short
+        for (; j0 + 16 <= nn; j0 += 16) {  // two scans per carry add: the carry chain is short
             v8 a, c;
-            scan8(xb + j0, a);
-            scan8(xb + j0 + 8, c);
+            scan8(xv + j0, a);
+            scan8(xv + j0 + 8, c);
             const double ta = a[7], tc = c[7];
             a += carry;
             c += carry + ta;
@@ -139,9 +168,9 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
             __builtin_memcpy(&mass[j0], &a, sizeof(a));
             __builtin_memcpy(&mass[j0 + 8], &c, sizeof(c));
         }
-        for (; j0 + 8 <= n; j0 += 8) {
+        for (; j0 + 8 <= nn; j0 += 8) {
             v8 a;
-            scan8(xb + j0, a);
+            scan8(xv + j0, a);
             const double ta = a[7];
             a += carry;
             carry += ta;
@@ -151,48 +180,45 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
 #else
         {  // other targets: four segments, four independent add chains, offsets added after
             constexpr int S = 4;
-            const int64_t seg = n / S;
+            const int64_t seg = nn / S;
             double acc[S] = {};
-            for (int64_t j = 0; j < seg; ++j)
-                for (int s = 0; s < S; ++s) mass[s * seg + j] = acc[s] += std::fabs((double)xb[s * seg + j]);
+            for (int64_t i = 0; i < seg; ++i)
+                for (int s = 0; s < S; ++s) mass[s * seg + i] = acc[s] += std::fabs((double)xv[s * seg + i]);
             for (int s = 1; s < S; ++s) {
                 const double off = mass[s * seg - 1];
-                for (int64_t j = s * seg; j < (s + 1) * seg; ++j) mass[j] += off;
+                for (int64_t i = s * seg; i < (s + 1) * seg; ++i) mass[i] += off;
             }
             j0 = S * seg;
             carry = j0 ? mass[j0 - 1] : 0.0;
         }
 #endif
-        for (; j0 < n; ++j0) mass[j0] = carry += std::fabs((double)xb[j0]);
-        const double l1 = n ? mass[n - 1] : 0.0;
+        for (; j0 < nn; ++j0) mass[j0] = carry += std::fabs((double)xv[j0]);
+        const double l1 = nn ? mass[nn - 1] : 0.0;
         scale_b[b] = (T)(l1 / (double)k);
         if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
             std::fill(out, out + k, C(0));
             continue;
         }
-        // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_j) draws land at or
-        // before feature j, y_j = mass_j * k / l1 - u. ceil(y) for y > -1 as truncation plus
-        // a compare: a form compilers vectorize.
+        // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_i) draws land at or
+        // before value i, y_i = mass_i * k / l1 - u. ceil(y) for y > -1 as truncation plus a
+        // compare: a form compilers vectorize.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
         upto[0] = 0;
         int32_t most = 0;  // the largest count of one feature
-        for (int64_t j = 0; j < n; ++j) {
-            const double y = mass[j] * inv_step - u;
+        for (int64_t i = 0; i < nn; ++i) {
+            const double y = mass[i] * inv_step - u;
             const int32_t t = (int32_t)y;
-            upto[j + 1] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
-            const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
-            pair[2 * j] = pair[2 * j + 1] = code;
+            upto[i + 1] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
+            const C neg = (C)(xv[i] < 0), code = (C)((C)((nzi[i] + 1) ^ -neg) + neg);  // ±(j+1), no branch
+            pair[2 * i] = pair[2 * i + 1] = code;
         }
-        for (int64_t j = 0; j < n; ++j) most = std::max(most, upto[j + 1] - upto[j]);
-        for (int64_t j = 0; j < n; ++j) std::memcpy(&row[upto[j]], &pair[2 * j], 2 * sizeof(C));
+        for (int64_t i = 0; i < nn; ++i) most = std::max(most, upto[i + 1] - upto[i]);
+        for (int64_t i = 0; i < nn; ++i) std::memcpy(&row[upto[i]], &pair[2 * i], 2 * sizeof(C));
         if (most > 2)
-            for (int64_t j = 0; j < n; ++j)
-                if (upto[j + 1] - upto[j] > 2) std::fill(&row[upto[j]], &row[upto[j + 1]], pair[2 * j]);
+            for (int64_t i = 0; i < nn; ++i)
+                if (upto[i + 1] - upto[i] > 2) std::fill(&row[upto[i]], &row[upto[i + 1]], pair[2 * i]);
         // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
-        for (int64_t pos = upto[n], j = n - 1; pos < k; ++pos) {
-            while (j > 0 && xb[j] == 0) --j;
-            row[pos] = (C)(xb[j] < 0 ? -(j + 1) : (j + 1));
-        }
+        for (int64_t pos = upto[nn]; pos < k; ++pos) row[pos] = pair[2 * (nn - 1)];
         std::copy(row.begin(), row.begin() + k, out);
     }
 }
