@@ -1,6 +1,6 @@
 """Sampled vs exact training step of an MLP: tape bytes and step time, measured in one run.
 
-    python benchmarks/bench_sampled_step.py [--reps 21] [--keep 0.1] [--only wide|digits]
+    python benchmarks/bench_sampled_step.py [--reps 21] [--keep 0.1] [--only wide|digits] [--phases]
 
 Two workloads: the wide MLP 784-1024-1024-10 at batch 128, and the digits MLP 64-256-256-10
 at batch 32. A step = forward under the policy + backward + an SGD update (spad.optim.SGD).
@@ -9,6 +9,7 @@ machine noise hits every policy alike; the ratio to exact is taken *within* a re
 (policy step / the same repetition's exact step) and the table shows the median of those
 ratios with their interquartile range (the noise). Times are process CPU time, so other
 load on a shared machine does not inflate them (it still slows caches and memory).
+--phases adds each policy's median forward / backward / optimizer time (where a step's time goes).
 """
 import argparse
 import os
@@ -82,13 +83,20 @@ def bench(sizes, batch, keep, reps):
     times = {k: [] for k in pols}
     tape = {}
 
-    def step(pol):
+    phases = {k: [] for k in pols}
+
+    def step(pol, split=None):
+        t0 = time.process_time()
         opt.zero_grad()
         with S.use(pol):
             loss = F.cross_entropy(forward(params, x), y)
         st = spad.memory_stats()
+        t1 = time.process_time()
         loss.backward()
+        t2 = time.process_time()
         opt.step()
+        if split is not None:
+            split.append((t1 - t0, t2 - t1, time.process_time() - t2))
         return st
 
     for name, pol in pols.items():  # warm-up (SPAD biased: its first pass is its scoring pass)
@@ -97,7 +105,7 @@ def bench(sizes, batch, keep, reps):
     for _ in range(reps):
         for name, pol in pols.items():
             t0 = time.process_time()
-            step(pol)
+            step(pol, phases[name])
             times[name].append(time.process_time() - t0)
     ex = np.array(times["exact"])
     rows = []
@@ -106,7 +114,8 @@ def bench(sizes, batch, keep, reps):
         r = t / ex
         q1, med, q3 = np.percentile(r, [25, 50, 75])
         b = tape[name]["tape_bytes"]
-        rows.append((name, b, b / tape["exact"]["tape_bytes"], np.median(t) * 1e3, med, q1, q3))
+        ph = np.median(np.array(phases[name]), axis=0) * 1e3
+        rows.append((name, b, b / tape["exact"]["tape_bytes"], np.median(t) * 1e3, med, q1, q3, ph))
     return rows
 
 
@@ -115,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--keep", type=float, default=0.1)
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--only", choices=sorted(WORKLOADS))
+    ap.add_argument("--phases", action="store_true", help="also print forward / backward / optimizer medians")
     args = ap.parse_args(argv)
     spad.set_num_threads(1)
     print(f"CPU: {cpu_model()}; keep {args.keep}; {args.reps} interleaved reps; 1 BLAS thread; "
@@ -126,8 +136,13 @@ def main(argv=None):
         print(f"\nMLP {'-'.join(map(str, sizes))}, batch {batch}, SGD")
         print(f"| policy | tape bytes | x exact | step ms | step / exact [IQR] |")
         print("|---|---:|---:|---:|---:|")
-        for name, b, br, ms, med, q1, q3 in rows:
+        for name, b, br, ms, med, q1, q3, _ in rows:
             print(f"| {name} | {b} | {br:.4f} | {ms:.2f} | {med:.3f} [{q1:.3f}-{q3:.3f}] |")
+        if args.phases:
+            print("\n| policy | forward ms | backward ms | optimizer ms |")
+            print("|---|---:|---:|---:|")
+            for name, *_, ph in rows:
+                print(f"| {name} | {ph[0]:.3f} | {ph[1]:.3f} | {ph[2]:.3f} |")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,16 @@ inline void bucket_by_feature(const std::vector<int32_t> &feat, int64_t n, std::
     order.resize(E);
     for (int64_t e = 0; e < E; ++e) order[pos[feat[e]]++] = (int32_t)e;
 }
+// Per-feature dW entries in feature order: feature i's entries are [start[i], start[i+1]),
+// in example order, each the example ex[o] whose dy row it reads and its value v[o].
+template <class T> struct FeatureEntries {
+    std::vector<int32_t> start, ex;
+    std::vector<T> v;
+};
+// dW (n x m, every row written) = sum of v[o] * dy[ex[o], :] into row i over its entries
+// (features.cpp; g: B rows of m).
+template <class T>
+void fold_features(T *dW, int64_t n, int64_t m, const T *g, int64_t B, const FeatureEntries<T> &fe);
 
 // dW (n x m) from per-example feature entries: entry e = b*k + s has feature feat[e] and
 // value vals[e]*scale (features.cpp).

@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../arena.h"
 #include "../gemm.h"
@@ -99,33 +103,122 @@ template <class T> static Tensor rademacher_matrix(const RandomStream &rs, int64
 template <class T, class C>
 static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const RandomStream &rs, C *codes,
                             T *scale_b) {
-    std::vector<C> row(n + k + 1);
+    // Per row, every sweep vectorizable or free of loop-carried chains (this runs over every
+    // input value of the layer, so it must cost a small fraction of the layer's GEMM): the
+    // prefix masses (in-register scans of 8, one carry add per 8), the cumulative draw counts
+    // ceil(y_j), and the codes, each stored at its first slot upto[j-1] (a feature with no
+    // draw shares its slot with the next drawn feature, which is stored after it). Each
+    // store writes the code twice, so a feature drawn twice needs nothing more; the few drawn
+    // three times or more are filled in after.
+    // Zero inputs (ReLU outputs: about half of them) carry no mass and are never drawn, so
+    // the sweep runs over the nonzero values only (nzv, at features nzi).
+    std::vector<T> nzv(n + 16);
+    std::vector<int32_t> nzi(n + 16);
+    std::vector<double> mass(n);
+    std::vector<int32_t> upto(n + 1);  // upto[i + 1] = ceil(y_i); upto[0] = 0
+    std::vector<C> row(n + k + 3), pair(2 * n);
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
-        const double l1 = sum8(xb, n, [](double v) { return std::fabs(v); });
+        int64_t nn = 0, j = 0;
+#if defined(__AVX512F__)
+        if (std::is_same<T, float>::value) {  // 16 values per compare + compress
+            const __m512 zero16 = _mm512_setzero_ps();
+            const __m512i step = _mm512_set1_epi32(16);
+            __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
+                const __m512 v = _mm512_loadu_ps((const float *)xb + j);
+                const __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);  // NaN counts as nonzero
+                _mm512_storeu_ps((float *)nzv.data() + nn, _mm512_maskz_compress_ps(nz, v));
+                _mm512_storeu_si512(nzi.data() + nn, _mm512_maskz_compress_epi32(nz, idx));
+                nn += __builtin_popcount((unsigned)nz);
+            }
+        }
+#endif
+        for (; j < n; ++j) {  // branch-free: always write, advance past nonzeros
+            nzv[nn] = xb[j];
+            nzi[nn] = (int32_t)j;
+            nn += (int64_t)!(xb[j] == T(0));
+        }
+        const T *xv = nzv.data();
+        double carry = 0;
+        int64_t j0 = 0;
+#if defined(__AVX512F__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector) && __has_builtin(__builtin_convertvector)
+        typedef double v8 __attribute__((vector_size(64)));
+        typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
+        const v8 zero = {};
+        auto scan8 = [&](const T *p, v8 &a) {  // a = the prefix sums of |p[0..8)|
+            t8 xt;
+            __builtin_memcpy(&xt, p, sizeof(xt));
+            a = __builtin_convertvector(xt, v8);
+            a = a < zero ? -a : a;
+            a += __builtin_shufflevector(a, zero, 8, 0, 1, 2, 3, 4, 5, 6);
+            a += __builtin_shufflevector(a, zero, 8, 9, 0, 1, 2, 3, 4, 5);
+            a += __builtin_shufflevector(a, zero, 8, 9, 10, 11, 0, 1, 2, 3);
+        };
+        for (; j0 + 16 <= nn; j0 += 16) {  // two scans per carry add: the carry chain is short
+            v8 a, c;
+            scan8(xv + j0, a);
+            scan8(xv + j0 + 8, c);
+            const double ta = a[7], tc = c[7];
+            a += carry;
+            c += carry + ta;
+            carry += ta + tc;
+            __builtin_memcpy(&mass[j0], &a, sizeof(a));
+            __builtin_memcpy(&mass[j0 + 8], &c, sizeof(c));
+        }
+        for (; j0 + 8 <= nn; j0 += 8) {
+            v8 a;
+            scan8(xv + j0, a);
+            const double ta = a[7];
+            a += carry;
+            carry += ta;
+            __builtin_memcpy(&mass[j0], &a, sizeof(a));
+        }
+#endif
+#else
+        {  // other targets: four segments, four independent add chains, offsets added after
+            constexpr int S = 4;
+            const int64_t seg = nn / S;
+            double acc[S] = {};
+            for (int64_t i = 0; i < seg; ++i)
+                for (int s = 0; s < S; ++s) mass[s * seg + i] = acc[s] += std::fabs((double)xv[s * seg + i]);
+            for (int s = 1; s < S; ++s) {
+                const double off = mass[s * seg - 1];
+                for (int64_t i = s * seg; i < (s + 1) * seg; ++i) mass[i] += off;
+            }
+            j0 = S * seg;
+            carry = j0 ? mass[j0 - 1] : 0.0;
+        }
+#endif
+        for (; j0 < nn; ++j0) mass[j0] = carry += std::fabs((double)xv[j0]);
+        const double l1 = nn ? mass[nn - 1] : 0.0;
         scale_b[b] = (T)(l1 / (double)k);
         if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
             std::fill(out, out + k, C(0));
             continue;
         }
+        // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_i) draws land at or
+        // before value i, y_i = mass_i * k / l1 - u. ceil(y) for y > -1 as truncation plus a
+        // compare: a form compilers vectorize.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
-        double mass = 0;
-        int64_t pos = 0, prev = 0;  // prev = ceil(y_{j-1}); y_{-1} = -u, ceil = 0
-        for (int64_t j = 0; j < n; ++j) {
-            mass += std::fabs((double)xb[j]);
-            const int64_t now = (int64_t)std::ceil(mass * inv_step - u), cnt = now - prev;
-            const C neg = (C)(xb[j] < 0), code = (C)((C)((j + 1) ^ -neg) + neg);  // ±(j+1), no branch
-            row[pos] = code;  // written even when cnt = 0: the next feature overwrites it
-            if (cnt > 1) std::fill(row.begin() + pos, row.begin() + pos + cnt, code);
-            pos += cnt;
-            prev = now;
+        upto[0] = 0;
+        int32_t most = 0;  // the largest count of one feature
+        for (int64_t i = 0; i < nn; ++i) {
+            const double y = mass[i] * inv_step - u;
+            const int32_t t = (int32_t)y;
+            upto[i + 1] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
+            const C neg = (C)(xv[i] < 0), code = (C)((C)((nzi[i] + 1) ^ -neg) + neg);  // ±(j+1), no branch
+            pair[2 * i] = pair[2 * i + 1] = code;
         }
+        for (int64_t i = 0; i < nn; ++i) most = std::max(most, upto[i + 1] - upto[i]);
+        for (int64_t i = 0; i < nn; ++i) std::memcpy(&row[upto[i]], &pair[2 * i], 2 * sizeof(C));
+        if (most > 2)
+            for (int64_t i = 0; i < nn; ++i)
+                if (upto[i + 1] - upto[i] > 2) std::fill(&row[upto[i]], &row[upto[i + 1]], pair[2 * i]);
         // Rounding may leave the count one off k: pad with the last nonzero feature or cut.
-        for (int64_t j = n - 1; pos < k; ++pos) {
-            while (j > 0 && xb[j] == 0) --j;
-            row[pos] = (C)(xb[j] < 0 ? -(j + 1) : (j + 1));
-        }
+        for (int64_t pos = upto[nn]; pos < k; ++pos) row[pos] = pair[2 * (nn - 1)];
         std::copy(row.begin(), row.begin() + k, out);
     }
 }
@@ -259,18 +352,33 @@ struct MagnitudeFeatures final : WeightPayload {
     int64_t k = 0;
     std::vector<Tensor> kept() const override { return {codes, row_scale}; }
     Tensor weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const override {
-        return grad(g, wshape, Tensor(), 0);
+        const int64_t B = g->shape[0];
+        Tensor dW = empty(wshape, g->dtype);  // every row is written
+        SPAD_FLOAT(g->dtype, T, {
+            if (wshape[1] * (int64_t)sizeof(T) <= 64) {  // dW rows of at most a cache line (logits)
+                if (codes->numel() == 4 * B * k)
+                    add_rows<T, int32_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int32_t>(), B);
+                else
+                    add_rows<T, int16_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int16_t>(), B);
+                return dW;
+            }
+            FeatureEntries<T> fe;
+            if (codes->numel() == 4 * B * k)
+                fe = entries<T, int32_t>(codes->data<int32_t>(), B, wshape[0]);
+            else
+                fe = entries<T, int16_t>(codes->data<int16_t>(), B, wshape[0]);
+            fold_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), B, fe);
+        });
+        return dW;
     }
     unsigned implicit_forms() const override { return GRAD_ADD; }
+    // dst += alpha * dW without dW: the codes decoded to (feature, value) entries and added
+    // straight into the weight (Note [Implicit leaf gradients] in tape.h).
     void add_weight_grad(SiteState &, const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const override {
-        grad(g, wshape, dst, alpha);
-    }
-    Tensor grad(const Tensor &g, const Shape &wshape, const Tensor &dst, double alpha) const {
         const int64_t B = g->shape[0];
         const bool wide = codes->numel() == 4 * B * k;
         const uint8_t *pc = codes->data<uint8_t>();
         std::vector<int32_t> feat(B * k);
-        Tensor dW;
         SPAD_FLOAT(g->dtype, T, {
             const T *scale_b = row_scale->data<T>();
             std::vector<T> v(B * k);
@@ -288,15 +396,75 @@ struct MagnitudeFeatures final : WeightPayload {
                 feat[e] = (int32_t)(code < 0 ? -code - 1 : code > 0 ? code - 1 : 0);
                 v[e] = code < 0 ? -scale_b[e / k] : code > 0 ? scale_b[e / k] : T(0);
             }
-            if (dst) {
-                add_features(dst->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat, alpha);
-                dW = dst;
-            } else {
-                dW = empty(wshape, g->dtype);
-                scatter_features(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat);
-            }
+            add_features(dst->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat, alpha);
         });
-        return dW;
+    }
+    // Narrow dW rows (a layer with a few outputs, e.g. the logits): each code's row update
+    // is one short vector, so adding the codes into dW in their own order is cheaper than
+    // sorting them into feature order first (no decode pass; dW stays in L1).
+    template <class T, class C>
+    void add_rows(T *dW, const Shape &wshape, const T *g, const C *pc, int64_t B) const {
+        const int64_t n = wshape[0], m = wshape[1];
+        const T *scale_b = row_scale->data<T>();
+        std::fill(dW, dW + n * m, T(0));
+        for (int64_t b = 0; b < B; ++b) {
+            const C *cb = pc + b * k;
+            if (cb[0] == 0) continue;  // an all-zero row (its codes are all 0): worth nothing
+            const T *gb = g + b * m, s = scale_b[b];
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = cb[t];
+                const T v = c < 0 ? -s : s;
+                T *row = dW + ((c < 0 ? -c : c) - 1) * m;
+                for (int64_t j = 0; j < m; ++j) row[j] += v * gb[j];
+            }
+        }
+    }
+    // The codes straight into feature order (a counting sort in two sweeps). A row's codes
+    // come in feature order (magnitude_paths), so repeated draws of one feature are adjacent:
+    // merged into one entry worth their sum. Code 0 (only in an all-zero row, whose codes are
+    // all 0) is worth nothing: it lands in a dummy slot. Branch-free: whether a code starts a
+    // new entry is data, not control flow (it is a coin flip per code).
+    template <class T, class C> FeatureEntries<T> entries(const C *pc, int64_t B, int64_t n) const {
+        const T *scale_b = row_scale->data<T>();
+        FeatureEntries<T> fe;
+        fe.start.assign(n + 1, 0);  // start[f + 1] counts feature f's entries (start[0] stays 0)
+        for (int64_t b = 0; b < B; ++b) {
+            C prev = 0;
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = pc[b * k + t];
+                fe.start[c < 0 ? -c : c] += (int32_t)(c != prev);
+                prev = c;
+            }
+        }
+        for (int64_t i = 0; i < n; ++i) fe.start[i + 1] += fe.start[i];
+        const int32_t total = fe.start[n];
+        fe.ex.resize(total + 1);  // + the dummy slot
+        fe.v.resize(total + 1);
+        std::vector<int32_t> pos(n + 1);  // pos[|code|]: the next slot of feature |code| - 1
+        pos[0] = total;
+        std::copy(fe.start.begin(), fe.start.end() - 1, pos.begin() + 1);
+        for (int64_t b = 0; b < B; ++b) {
+            const T s = scale_b[b];
+            C prev = 0;
+            int32_t slot = total;
+            T acc = 0;
+            for (int64_t t = 0; t < k; ++t) {
+                const C c = pc[b * k + t];
+                const int64_t a = c < 0 ? -c : c;
+                const bool fresh = c != prev;
+                const int32_t cand = pos[a];
+                pos[a] = cand + (int32_t)fresh;
+                slot = fresh ? cand : slot;
+                const T val = c < 0 ? -s : s;
+                acc = fresh ? val : acc + val;
+                fe.v[slot] = acc;
+                fe.ex[slot] = (int32_t)b;
+                prev = c;
+            }
+        }
+        fe.ex.resize(total);
+        fe.v.resize(total);
+        return fe;
     }
 };
 
