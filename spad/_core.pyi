@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections.abc
 import numpy
 import typing
-__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'has_grad_complete_hook', 'is_grad_enabled', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_allocated_bytes', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_complete_hook', 'set_grad_enabled', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
+__all__: list[str] = ['Estimator', 'Policy', 'PolicyKind', 'TapeBudgetError', 'Tensor', 'active_policy', 'adagrad_step', 'adam_step', 'assign_', 'available_kernel_isas', 'avg_pool2d', 'bump_version', 'clear_grads', 'concatenate', 'conv2d', 'cross_entropy', 'dropout', 'exp', 'from_numpy', 'full', 'gemm_backend', 'get_num_threads', 'has_grad_complete_hook', 'is_grad_enabled', 'kernel_isa', 'linear', 'linear_chain', 'log', 'log_softmax', 'manual_seed', 'matmul', 'max_pool2d', 'memory_stats', 'mse_loss', 'op_table', 'peak_allocated_bytes', 'peak_tape_bytes', 'rad_block_size', 'relu', 'reset_peak_memory_stats', 'rmsprop_step', 'set_active_policy', 'set_grad_complete_hook', 'set_grad_enabled', 'set_kernel_isa', 'set_num_threads', 'set_tape_budget', 'sgd_step', 'sigmoid', 'softmax', 'sqrt', 'take', 'tanh', 'zeros']
 class TapeBudgetError(MemoryError):
     pass
 class Tensor:
@@ -413,6 +413,10 @@ def assign_(dst: Tensor, src: Tensor) -> None:
     """
     Copy src into dst in place and bump dst's version (parameter loads, averages).
     """
+def available_kernel_isas() -> list[str]:
+    """
+    The instruction sets this build can run the sampled-backward kernels with on this CPU, best last.
+    """
 def avg_pool2d(x: Tensor, k: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
     ...
 def bump_version(arg0: Tensor) -> None:
@@ -450,6 +454,10 @@ def has_grad_complete_hook(tensor: Tensor) -> bool:
     ...
 def is_grad_enabled() -> bool:
     ...
+def kernel_isa() -> str:
+    """
+    The instruction set the sampled-backward kernels run with.
+    """
 def linear(x: Tensor, W: Tensor, b: typing.Any = None) -> Tensor:
     """
     x @ W + b in one op; W has shape (in_features, out_features), b (out_features,) or None.
@@ -519,6 +527,10 @@ def set_grad_complete_hook(tensor: Tensor, hook: collections.abc.Callable[[Tenso
     """
 def set_grad_enabled(arg0: bool) -> None:
     ...
+def set_kernel_isa(name: str) -> None:
+    """
+    Run the sampled-backward kernels with one of available_kernel_isas() (tests, benchmarks).
+    """
 def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
 def set_tape_budget(arg0: typing.Any) -> None:

@@ -11,6 +11,7 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 # nothing of the tape sit at the tensor layer or below.
 LAYERS = {
     "common.h": 0, "rng.h": 0, "arena.h": 0, "gemm.h": 0,
+    "kernels.h": 0, "kernels_body.h": 0,  # the dispatched hot loops: pointers and sizes only
     "tensor.h": 1, "memory.h": 1, "conv.h": 1, "model_format.h": 1, "reuse.h": 1,
     "saved.h": 2,
     "node.h": 3, "ops.def": 3,

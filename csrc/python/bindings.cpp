@@ -6,6 +6,7 @@
 #include "../core/arena.h"
 #include "../core/conv.h"
 #include "../core/gemm.h"
+#include "../core/kernels.h"
 #include "../core/model_format.h"
 #include "../core/ops.h"
 #include "../core/optim.h"
@@ -555,6 +556,23 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &set_num_threads);
     m.def("get_num_threads", &get_num_threads);
     m.def("gemm_backend", &gemm_backend);
+    m.def("kernel_isa", &kern::isa, "The instruction set the sampled-backward kernels run with.");
+    m.def("available_kernel_isas", [] {
+        std::vector<std::string> out;
+        std::string all = kern::available_isas();
+        for (size_t p = 0; p <= all.size();) {
+            size_t q = all.find(',', p);
+            if (q == std::string::npos) q = all.size();
+            out.push_back(all.substr(p, q - p));
+            p = q + 1;
+        }
+        return out;
+    }, "The instruction sets this build can run the sampled-backward kernels with on this CPU, best last.");
+    m.def("set_kernel_isa", [](const std::string &name) {
+        if (!kern::set_isa(name.c_str()))
+            throw py::value_error("set_kernel_isa: '" + name + "' is not one of " + kern::available_isas() +
+                                  " (this build on this CPU)");
+    }, py::arg("name"), "Run the sampled-backward kernels with one of available_kernel_isas() (tests, benchmarks).");
 
     register_replay(m);  // last: re-binds the recorded entry points defined above
 }

@@ -10,6 +10,7 @@
 // the variance formula holds whatever the block sizes.)
 #include <cstring>
 
+#include "../kernels.h"
 #include "detail.h"
 
 namespace spad {
@@ -126,93 +127,8 @@ std::unique_ptr<WeightPayload> pack_magnitude_blocks(Policy &pol, const Tensor &
     return p;
 }
 
-// The register tile of the block kernel: kTileRows rows of dW x 3 vectors of columns, the
-// vectors as wide as the build's target has (chosen at compile time: a wider vector type than
-// the target's is emulated, and its scalar broadcasts go through the stack). With 512-bit
-// vectors (AVX-512: 32 vector registers) 8 rows, so each vector of dy loaded feeds 8
-// multiply-adds; otherwise 4 rows (12 accumulators + 3 loads + 1 broadcast = 16 registers).
-#if defined(__GNUC__) && defined(__AVX512F__)
-constexpr int kVecBytes = 64, kTileRows = 8;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32, kTileRows = 4;
-#else
-constexpr int kVecBytes = 16, kTileRows = 4;  // baseline x86-64 (SSE2) and other targets
-#endif
-
-// dW[0:rows, :] = sum_o v_o[0:rows] (x) g[goff[o], :] for one feature block's cnt entries.
-// vs holds the entries' values tile by tile: vs[(t*cnt + o)*kTileRows + r] is row t*kTileRows + r
-// of entry o, pre-scaled, zero past `rows`. A GEMM with the entries as its inner dimension;
-// per column chunk all the block's row tiles run back to back, so the entries' dy chunks
-// (cnt x 3 vectors) stay in L1 between tiles. Each dW value is stored once.
-template <class T>
-static void fold_block(T *dW, int64_t m, int64_t rows, const T *g, const int64_t *goff, const T *vs, int32_t cnt) {
-    constexpr int R = kTileRows;
-    const int64_t tiles = (rows + R - 1) / R;
-    int64_t j0 = 0;
-#if defined(__GNUC__)
-    constexpr int L = kVecBytes / (int)sizeof(T);
-    typedef T vec __attribute__((vector_size(kVecBytes)));
-    // Stores straight from registers (rows past `rows` are skipped by compile-time-unrolled
-    // tests, so the accumulators never spill to a zeroed stack array).
-    auto put = [](T *p, const vec &v) { __builtin_memcpy(p, &v, sizeof(vec)); };
-    for (; j0 + 3 * L <= m; j0 += 3 * L)
-        for (int64_t t = 0; t < tiles; ++t) {
-            const T *vt = vs + t * cnt * R;
-            vec a[R][3] = {};
-            for (int32_t o = 0; o < cnt; ++o) {
-                const T *gp = g + goff[o] + j0;
-                vec g0, g1, g2;
-                __builtin_memcpy(&g0, gp, sizeof(vec));
-                __builtin_memcpy(&g1, gp + L, sizeof(vec));
-                __builtin_memcpy(&g2, gp + 2 * L, sizeof(vec));
-                for (int r = 0; r < R; ++r) {
-                    const T v = vt[o * R + r];
-                    a[r][0] += v * g0;
-                    a[r][1] += v * g1;
-                    a[r][2] += v * g2;
-                }
-            }
-            T *d = dW + t * R * m + j0;
-            for (int r = 0; r < R; ++r)
-                if (t * R + r < rows) put(d + r * m, a[r][0]), put(d + r * m + L, a[r][1]), put(d + r * m + 2 * L, a[r][2]);
-        }
-    for (; j0 + L <= m; j0 += L)
-        for (int64_t t = 0; t < tiles; ++t) {
-            const T *vt = vs + t * cnt * R;
-            vec a[R] = {};
-            for (int32_t o = 0; o < cnt; ++o) {
-                vec g0;
-                __builtin_memcpy(&g0, g + goff[o] + j0, sizeof(vec));
-                for (int r = 0; r < R; ++r) a[r] += vt[o * R + r] * g0;
-            }
-            T *d = dW + t * R * m + j0;
-            for (int r = 0; r < R; ++r)
-                if (t * R + r < rows) put(d + r * m, a[r]);
-        }
-    // Remaining columns (all of them on a narrow layer, e.g. the logits): vectorized across a
-    // tile's rows instead, which vs holds contiguously; dy's value is broadcast.
-    typedef T rvec __attribute__((vector_size(R * sizeof(T))));
-    for (; j0 < m; ++j0)
-        for (int64_t t = 0; t < tiles; ++t) {
-            const T *vt = vs + t * cnt * R;
-            rvec a = {};
-            for (int32_t o = 0; o < cnt; ++o) {
-                rvec v;
-                __builtin_memcpy(&v, vt + o * R, sizeof(rvec));
-                a += g[goff[o] + j0] * v;
-            }
-            for (int r = 0; r < R; ++r)
-                if (t * R + r < rows) dW[(t * R + r) * m + j0] = a[r];
-        }
-#endif
-    for (; j0 < m; ++j0)  // without vector types: plain loops
-        for (int64_t r = 0; r < rows; ++r) {
-            const T *vt = vs + (r / R) * cnt * R + r % R;
-            T a = 0;
-            for (int32_t o = 0; o < cnt; ++o) a += vt[o * R] * g[goff[o] + j0];
-            dW[r * m + j0] = a;
-        }
-}
+// The block kernel is kern::fold_block (a register tile of kern::tile_rows() rows of dW x 3
+// vectors of columns, compiled for each instruction set: Note [Kernel dispatch] in kernels.cpp).
 
 Tensor BlockPayload::weight_grad(SiteState &, const Tensor &g, const Shape &wshape) const {
     const int64_t n = wshape[0], m = wshape[1], B = g->shape[0];
@@ -231,7 +147,7 @@ Tensor BlockPayload::weight_grad(SiteState &, const Tensor &g, const Shape &wsha
     for (int64_t e = 0; e < E; ++e) order[pos[blk[e]]++] = (int32_t)e;
     Tensor dW = empty(wshape, g->dtype);  // every row is written below
     SPAD_FLOAT(g->dtype, T, {
-        constexpr int R = kTileRows;
+        const int R = kern::tile_rows();  // the layout of vs the kernel reads
         const T *pg = g->data<T>(), *pv = values->data<T>();
         T *pw = dW->data<T>();
         const T sc = (T)scale;
@@ -249,7 +165,7 @@ Tensor BlockPayload::weight_grad(SiteState &, const Tensor &g, const Shape &wsha
                 const T *src = pv + (int64_t)e * bsz;
                 for (int64_t r = 0; r < rows; ++r) vs[((r / R) * cnt + o) * R + r % R] = src[r] * sc;
             }
-            fold_block<T>(pw + i * bsz * m, m, rows, pg, goff.data(), vs.data(), cnt);
+            kern::fold_block(pw + i * bsz * m, m, rows, pg, goff.data(), vs.data(), cnt);
         }
     });
     return dW;

@@ -6,12 +6,10 @@
 #include <cstring>
 #include <numeric>
 #include <type_traits>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "../arena.h"
 #include "../gemm.h"
+#include "../kernels.h"
 #include "detail.h"
 
 namespace spad {
@@ -112,6 +110,7 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     // three times or more are filled in after.
     // Zero inputs (ReLU outputs: about half of them) carry no mass and are never drawn, so
     // the sweep runs over the nonzero values only (nzv, at features nzi).
+    // The sweeps are kern:: kernels, compiled for each instruction set (kernels.cpp).
     std::vector<T> nzv(n + 16);
     std::vector<int32_t> nzi(n + 16);
     std::vector<double> mass(n);
@@ -120,99 +119,18 @@ static void magnitude_paths(const T *px, int64_t B, int64_t n, int64_t k, const 
     for (int64_t b = 0; b < B; ++b) {
         const T *xb = px + b * n;
         C *out = codes + b * k;
-        int64_t nn = 0, j = 0;
-#if defined(__AVX512F__)
-        if (std::is_same<T, float>::value) {  // 16 values per compare + compress
-            const __m512 zero16 = _mm512_setzero_ps();
-            const __m512i step = _mm512_set1_epi32(16);
-            __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
-                const __m512 v = _mm512_loadu_ps((const float *)xb + j);
-                const __mmask16 nz = _mm512_cmp_ps_mask(v, zero16, _CMP_NEQ_UQ);  // NaN counts as nonzero
-                _mm512_storeu_ps((float *)nzv.data() + nn, _mm512_maskz_compress_ps(nz, v));
-                _mm512_storeu_si512(nzi.data() + nn, _mm512_maskz_compress_epi32(nz, idx));
-                nn += __builtin_popcount((unsigned)nz);
-            }
-        }
-#endif
-        for (; j < n; ++j) {  // branch-free: always write, advance past nonzeros
-            nzv[nn] = xb[j];
-            nzi[nn] = (int32_t)j;
-            nn += (int64_t)!(xb[j] == T(0));
-        }
+        const int64_t nn = kern::compress_nonzero(xb, n, nzv.data(), nzi.data());
         const T *xv = nzv.data();
-        double carry = 0;
-        int64_t j0 = 0;
-#if defined(__AVX512F__) && defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector) && __has_builtin(__builtin_convertvector)
-        typedef double v8 __attribute__((vector_size(64)));
-        typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
-        const v8 zero = {};
-        auto scan8 = [&](const T *p, v8 &a) {  // a = the prefix sums of |p[0..8)|
-            t8 xt;
-            __builtin_memcpy(&xt, p, sizeof(xt));
-            a = __builtin_convertvector(xt, v8);
-            a = a < zero ? -a : a;
-            a += __builtin_shufflevector(a, zero, 8, 0, 1, 2, 3, 4, 5, 6);
-            a += __builtin_shufflevector(a, zero, 8, 9, 0, 1, 2, 3, 4, 5);
-            a += __builtin_shufflevector(a, zero, 8, 9, 10, 11, 0, 1, 2, 3);
-        };
-        for (; j0 + 16 <= nn; j0 += 16) {  // two scans per carry add: the carry chain is short
-            v8 a, c;
-            scan8(xv + j0, a);
-            scan8(xv + j0 + 8, c);
-            const double ta = a[7], tc = c[7];
-            a += carry;
-            c += carry + ta;
-            carry += ta + tc;
-            __builtin_memcpy(&mass[j0], &a, sizeof(a));
-            __builtin_memcpy(&mass[j0 + 8], &c, sizeof(c));
-        }
-        for (; j0 + 8 <= nn; j0 += 8) {
-            v8 a;
-            scan8(xv + j0, a);
-            const double ta = a[7];
-            a += carry;
-            carry += ta;
-            __builtin_memcpy(&mass[j0], &a, sizeof(a));
-        }
-#endif
-#else
-        {  // other targets: four segments, four independent add chains, offsets added after
-            constexpr int S = 4;
-            const int64_t seg = nn / S;
-            double acc[S] = {};
-            for (int64_t i = 0; i < seg; ++i)
-                for (int s = 0; s < S; ++s) mass[s * seg + i] = acc[s] += std::fabs((double)xv[s * seg + i]);
-            for (int s = 1; s < S; ++s) {
-                const double off = mass[s * seg - 1];
-                for (int64_t i = s * seg; i < (s + 1) * seg; ++i) mass[i] += off;
-            }
-            j0 = S * seg;
-            carry = j0 ? mass[j0 - 1] : 0.0;
-        }
-#endif
-        for (; j0 < nn; ++j0) mass[j0] = carry += std::fabs((double)xv[j0]);
-        const double l1 = nn ? mass[nn - 1] : 0.0;
+        const double l1 = kern::prefix_abs(xv, nn, mass.data());
         scale_b[b] = (T)(l1 / (double)k);
         if (!(l1 > 0)) {  // an all-zero row: every entry is worth 0
             std::fill(out, out + k, C(0));
             continue;
         }
         // Systematic draws: draw t sits at mass (t + u) * l1 / k; ceil(y_i) draws land at or
-        // before value i, y_i = mass_i * k / l1 - u. ceil(y) for y > -1 as truncation plus a
-        // compare: a form compilers vectorize.
+        // before value i, y_i = mass_i * k / l1 - u.
         const double inv_step = (double)k / l1, u = rs.uniform((uint64_t)b);
-        upto[0] = 0;
-        int32_t most = 0;  // the largest count of one feature
-        for (int64_t i = 0; i < nn; ++i) {
-            const double y = mass[i] * inv_step - u;
-            const int32_t t = (int32_t)y;
-            upto[i + 1] = std::min<int32_t>(t + (int32_t)(y > (double)t), (int32_t)k + 1);
-            const C neg = (C)(xv[i] < 0), code = (C)((C)((nzi[i] + 1) ^ -neg) + neg);  // ±(j+1), no branch
-            pair[2 * i] = pair[2 * i + 1] = code;
-        }
-        for (int64_t i = 0; i < nn; ++i) most = std::max(most, upto[i + 1] - upto[i]);
+        const int32_t most = kern::draw_counts(mass.data(), xv, nzi.data(), nn, inv_step, u, k, upto.data(), pair.data());
         for (int64_t i = 0; i < nn; ++i) std::memcpy(&row[upto[i]], &pair[2 * i], 2 * sizeof(C));
         if (most > 2)
             for (int64_t i = 0; i < nn; ++i)
@@ -356,10 +274,14 @@ struct MagnitudeFeatures final : WeightPayload {
         Tensor dW = empty(wshape, g->dtype);  // every row is written
         SPAD_FLOAT(g->dtype, T, {
             if (wshape[1] * (int64_t)sizeof(T) <= 64) {  // dW rows of at most a cache line (logits)
+                // Each code's row update is one short vector, so adding the codes into dW in
+                // their own order is cheaper than sorting them into feature order first (no
+                // decode pass; dW stays in L1).
+                const T *sb = row_scale->data<T>();
                 if (codes->numel() == 4 * B * k)
-                    add_rows<T, int32_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int32_t>(), B);
+                    kern::add_code_rows(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), codes->data<int32_t>(), sb, B, k);
                 else
-                    add_rows<T, int16_t>(dW->data<T>(), wshape, g->data<T>(), codes->data<int16_t>(), B);
+                    kern::add_code_rows(dW->data<T>(), wshape[0], wshape[1], g->data<T>(), codes->data<int16_t>(), sb, B, k);
                 return dW;
             }
             FeatureEntries<T> fe;
@@ -398,26 +320,6 @@ struct MagnitudeFeatures final : WeightPayload {
             }
             add_features(dst->data<T>(), wshape[0], wshape[1], g->data<T>(), v.data(), B, k, 1.0, feat, alpha);
         });
-    }
-    // Narrow dW rows (a layer with a few outputs, e.g. the logits): each code's row update
-    // is one short vector, so adding the codes into dW in their own order is cheaper than
-    // sorting them into feature order first (no decode pass; dW stays in L1).
-    template <class T, class C>
-    void add_rows(T *dW, const Shape &wshape, const T *g, const C *pc, int64_t B) const {
-        const int64_t n = wshape[0], m = wshape[1];
-        const T *scale_b = row_scale->data<T>();
-        std::fill(dW, dW + n * m, T(0));
-        for (int64_t b = 0; b < B; ++b) {
-            const C *cb = pc + b * k;
-            if (cb[0] == 0) continue;  // an all-zero row (its codes are all 0): worth nothing
-            const T *gb = g + b * m, s = scale_b[b];
-            for (int64_t t = 0; t < k; ++t) {
-                const C c = cb[t];
-                const T v = c < 0 ? -s : s;
-                T *row = dW + ((c < 0 ? -c : c) - 1) * m;
-                for (int64_t j = 0; j < m; ++j) row[j] += v * gb[j];
-            }
-        }
     }
     // The codes straight into feature order (a counting sort in two sweeps). A row's codes
     // come in feature order (magnitude_paths), so repeated draws of one feature are adjacent:
