@@ -10,6 +10,9 @@ machine noise hits every policy alike; the ratio to exact is taken *within* a re
 ratios with their interquartile range (the noise). Times are process CPU time, so other
 load on a shared machine does not inflate them (it still slows caches and memory).
 --phases adds each policy's median forward / backward / optimizer time (where a step's time goes).
+Older CPUs, on this one: a portable build (SPAD_PORTABLE=1 pip install -e .) run with
+SPAD_KERNELS=avx2 OPENBLAS_CORETYPE=Haswell (an AVX2 machine) or SPAD_KERNELS=baseline
+OPENBLAS_CORETYPE=Nehalem (SSE2 to SSE4.2 only).
 """
 import argparse
 import os
@@ -129,6 +132,10 @@ def main(argv=None):
     spad.set_num_threads(1)
     print(f"CPU: {cpu_model()}; keep {args.keep}; {args.reps} interleaved reps; 1 BLAS thread; "
           "ratio = median over reps of (policy step / exact step of the same rep), [IQR]")
+    # What the kernels and the BLAS run with: SPAD_KERNELS=baseline|avx2|avx512 and
+    # OPENBLAS_CORETYPE (e.g. Nehalem, Haswell) pick narrower ones, as on an older CPU.
+    print(f"sampled kernels: {spad._core.kernel_isa()} (available {','.join(spad._core.available_kernel_isas())}); "
+          f"BLAS {spad._core.gemm_backend()}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}")
     for wl, (sizes, batch) in WORKLOADS.items():
         if args.only and wl != args.only:
             continue
