@@ -315,7 +315,7 @@ double prefix_abs(const T *xv, int64_t nn, double *mass) {
         double acc[S] = {};
         for (int64_t i = 0; i < seg; ++i)
             for (int s = 0; s < S; ++s) mass[s * seg + i] = acc[s] += dabs((double)xv[s * seg + i]);
-        for (int s = 1; s < S; ++s) {
+        for (int s = 1; s < S && seg > 0; ++s) {  // (seg = 0: no segments, and mass[-1] is not ours)
             const double off = mass[s * seg - 1];
             for (int64_t i = s * seg; i < (s + 1) * seg; ++i) mass[i] += off;
         }
