@@ -117,11 +117,20 @@ std::atomic<int> &level() {
 
 const char *isa() { return kNames[level().load(std::memory_order_relaxed)]; }
 
+const std::vector<const char *> &isa_list() {
+    static const std::vector<const char *> names = [] {
+        std::vector<const char *> out;
+        for (int l = 0; l < 4; ++l)
+            if (runnable(l)) out.push_back(kNames[l]);
+        return out;
+    }();
+    return names;
+}
+
 const char *available_isas() {
     static const std::string s = [] {
         std::string out;
-        for (int l = 0; l < 4; ++l)
-            if (runnable(l)) out += (out.empty() ? "" : ",") + std::string(kNames[l]);
+        for (const char *name : isa_list()) out += (out.empty() ? "" : ",") + std::string(name);
         return out;
     }();
     return s.c_str();

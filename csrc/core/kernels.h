@@ -3,13 +3,15 @@
 // tensors, no tape; the callers in sampling/ own every buffer.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace spad {
 namespace kern {
 
 // The instruction set the kernels run with: "baseline", "avx", "avx2" or "avx512".
 const char *isa();
-// Those this build and this CPU can run, best last (comma-separated).
+// Those this build and this CPU can run, best last; and the same comma-separated (messages).
+const std::vector<const char *> &isa_list();
 const char *available_isas();
 // Choose one of available_isas() (for tests and benchmarks; the default is the best).
 // Returns false, changing nothing, for any other name.

@@ -558,15 +558,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("gemm_backend", &gemm_backend);
     m.def("kernel_isa", &kern::isa, "The instruction set the sampled-backward kernels run with.");
     m.def("available_kernel_isas", [] {
-        std::vector<std::string> out;
-        std::string all = kern::available_isas();
-        for (size_t p = 0; p <= all.size();) {
-            size_t q = all.find(',', p);
-            if (q == std::string::npos) q = all.size();
-            out.push_back(all.substr(p, q - p));
-            p = q + 1;
-        }
-        return out;
+        return std::vector<std::string>(kern::isa_list().begin(), kern::isa_list().end());
     }, "The instruction sets this build can run the sampled-backward kernels with on this CPU, best last.");
     m.def("set_kernel_isa", [](const std::string &name) {
         if (!kern::set_isa(name.c_str()))

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <type_traits>
 
 #include "../arena.h"
 #include "../gemm.h"
