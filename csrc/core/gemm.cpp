@@ -1,7 +1,10 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #ifdef SPAD_CBLAS
@@ -13,6 +16,7 @@ void scipy_cblas_dgemm(int order, int ta, int tb, int M, int N, int K, double al
                        const double *B, int ldb, double beta, double *C, int ldc);
 void scipy_openblas_set_num_threads(int n);
 int scipy_openblas_get_num_threads(void);
+char *scipy_openblas_get_corename(void);
 }
 #endif
 
@@ -64,14 +68,61 @@ static const int64_t kBlasMin = 4096;
 static bool use_blas(int64_t M, int64_t N, int64_t K) {
     return M * N * K >= kBlasMin && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31);
 }
+
+// Note [Column blocks for OpenBLAS's small-matrix kernels]
+//   On its AVX-512 cores OpenBLAS has direct sgemm kernels that skip packing; its interface
+//   takes them only below 1e6 multiply-adds (and, for the layout of our dx = g @ W^T, only
+//   for outputs of at most 1200 elements). A training batch's products sit just above that:
+//   the digits MLP's 32x256x256 runs at 80-90 GF/s packed and at 106-115 GF/s as column
+//   blocks the small kernels take (benchmarks/bench_gemm_blocks.py measures each shape both
+//   ways). So with one BLAS thread on such a core (the small kernels are single-threaded;
+//   a threaded call is faster on two cores) gemm splits C's columns into blocks under those
+//   limits. Every element of C is still one K-long product computed by one call, so the
+//   split never mixes partial sums; which kernel computes it depends only on the shape, so
+//   results stay deterministic. Where the measured split loses, it is not made: blocks under
+//   32 columns (nn/tn) and K < 128 for dx (the small kernel's dot products are short), and
+//   wide outputs (N > 512, rows 4 KiB apart and more) unless the blocks stay wide.
+//   SPAD_GEMM_BLOCKS=0 in the environment turns the split off (the benchmark's baseline).
+static bool blas_small_kernels() {
+    static const bool yes = [] {
+        const char *off = std::getenv("SPAD_GEMM_BLOCKS");  // "0": one call per product (to measure)
+        if (off && std::string(off) == "0") return false;
+        const char *c = scipy_openblas_get_corename();
+        std::string s = c ? c : "";
+        for (char &ch : s) ch = (char)std::tolower((unsigned char)ch);
+        return s == "skylakex" || s == "cooperlake" || s == "sapphirerapids";
+    }();
+    return yes;
+}
+
+// Columns per block for C = op(A) @ op(B) (row-major M x N, inner K), or N for no split.
+static int64_t blas_column_block(bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
+    if ((ta && tb) || M <= 0 || K <= 0 || N <= 32) return N;
+    int64_t nb = 1000000 / (M * K);
+    if (tb) {  // the interface's transposed-A small kernel: at most 1200 outputs, K >= 32
+        if (K < 128 && !(M <= 16 && K >= 64)) return N;
+        nb = std::min<int64_t>(nb, 1200 / M);
+        nb = nb / 16 * 16;
+        return nb >= 16 && nb < N ? nb : N;
+    }
+    if (M * N * K <= 1000000) return N;  // the whole product already takes the small kernel
+    nb = nb / 16 * 16;
+    if (nb < 32 || nb >= N || (N > 512 && nb < 240)) return N;
+    return nb;
+}
 #endif
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
           const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
 #ifdef SPAD_CBLAS
     if (use_blas(M, N, K)) {
-        scipy_cblas_sgemm(101, ta ? 112 : 111, tb ? 112 : 111, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
-                          (int)ldb, beta, C, (int)ldc);
+        const int64_t nb = blas_small_kernels() && scipy_openblas_get_num_threads() == 1
+                               ? blas_column_block(ta, tb, M, N, K) : N;
+        for (int64_t n0 = 0; n0 < N; n0 += nb) {  // op(B)'s columns n0.. are B's rows when tb
+            const int64_t nn = std::min(nb, N - n0);
+            scipy_cblas_sgemm(101, ta ? 112 : 111, tb ? 112 : 111, (int)M, (int)nn, (int)K, alpha, A, (int)lda,
+                              tb ? B + n0 * ldb : B + n0, (int)ldb, beta, C + n0, (int)ldc);
+        }
         return;
     }
 #endif
