@@ -124,7 +124,7 @@ def run(quick: bool = False) -> str:
            "MLPs, the engines' module step for the CNN.", "",
            benchlib.table(header, rows), "",
            "Memory of the compiled step: whether it runs lowered and its workspace (every activation and "
-           "activation gradient at its own offset, allocated once), the planned arena of the record-by-record replay (buffers allocated and freed within the step, placed "
+           "activation gradient, placed by liveness and allocated once), the planned arena of the record-by-record replay (buffers allocated and freed within the step, placed "
            "by liveness; tensors up to 256 bytes live inside their Storage and are never planned), the eager peak of "
            "all the step's tensor buffers (traced while recording), and "
            "the bytes that outlive the step (gradients), which stay on the heap.", "",

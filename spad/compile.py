@@ -37,7 +37,10 @@ Lowered execution: at the first replay the program is lowered, when every record
 the lowering knows (linear layers and ``linear_chain``, relu/tanh/sigmoid, cross-entropy and
 MSE losses, backward of the loss, ``zero_grad``, the optimizers' fused updates), into a flat
 list of kernel calls on raw pointers into one workspace, the parameters, their gradient
-buffers and the optimizer state: no tensor, tape node or allocation per op. Its kernels
+buffers and the optimizer state: no tensor, tape node or allocation per op. The workspace
+holds the step's activations, their gradients and the losses' softmax / residual at offsets
+planned from their lifetimes, so buffers that are never live together share bytes
+(``step.program.lowered_workspace_bytes``; ``dump()`` shows the offsets). Its kernels
 repeat the eager ops' arithmetic (the same gemm calls, the same loops), so a lowered step
 still equals the eager step bit for bit, sampled steps included (a linear layer under a
 sampling policy packs and reads its payload through the eager sampling calls).

@@ -380,6 +380,24 @@ def test_lowered_step_is_taken_and_equals_eager_bit_for_bit(digits, opt):
     assert "lowered: 4 forward kernels" in lowered.dump() and "linear+relu" in lowered.dump()
 
 
+def test_lowered_workspace_shares_bytes_by_liveness(digits):
+    # 64-32-32-10 at batch 8: one buffer per value and gradient would take the three
+    # activations (1024 + 1024 + 320 bytes), two activation gradients (1024 each), the logits'
+    # gradient and the softmax (320 each); placed by liveness, a layer's input gradient reuses
+    # the bytes of the output its mask has consumed: at most activations + two gradients +
+    # softmax are live at once (each rounded up to 64 bytes).
+    X, y = digits
+    _, step = _mlp_step((64, 32, 32, 10))
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 3, batch=8):
+        compiled(xb, yb)
+    assert compiled.lowered
+    every = 1024 + 1024 + 320 + 1024 + 1024 + 320 + 320
+    ws = compiled.program.lowered_workspace_bytes
+    assert ws < every and ws <= compiled.program.plan_bytes
+    assert ws >= 1024 + 1024 + 1024 + 320  # h1, h2, the gradient of h2 and the logits live together
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lowered_functional_layers_batch_one_and_activations(dtype):
     # F.linear + standalone and fused activations, batch 1 (the gemm layouts of 1-row and

@@ -349,31 +349,84 @@ class Lowering {
             L_->params.push_back(P_.consts[(size_t)v.src]);
         }
         L_->grads.resize(L_->params.size());
-        // The workspace: every value and gradient of the step, each at its own offset.
-        size_t top = 0;
-        auto place = [&](int64_t bytes) {
-            const int64_t at = (int64_t)top;
-            top += (size_t)((bytes + kAlign - 1) / kAlign * kAlign);
-            return at;
-        };
-        for (LNode &n : L_->nodes) {
-            const LVal &in = V[(size_t)n.a];
-            const int64_t es = (int64_t)dtype_size(in.dt);
-            if (n.kind == NodeKind::CROSS_ENTROPY) n.aux = place(n.R * n.N * es);
-            if (n.kind == NodeKind::MSE) n.aux = place(n.N * es);
-        }
-        for (LVal &v : V) {
-            if (v.kind != LVal::WORK || v.off < 0) continue;
-            const int64_t bytes = numel_of(v.shape) * (int64_t)dtype_size(v.dt);
-            v.off = place(bytes);
-            if (v.rg && v.reached) v.goff = place(bytes);
-        }
-        L_->ws_bytes = top;
+        place_workspace(seen_backward_);
         L_->packs.resize((size_t)n_packs_);
         L_->pack_node = std::make_shared<Node>();
         L_->pack_node->op = OpKind::LINEAR;
         L_->ptr.assign(V.size(), nullptr);
         return true;
+    }
+
+    // The workspace: every value, gradient and loss buffer of the step at an offset chosen by
+    // liveness (ggml-alloc's idea: buffers whose lives do not overlap share bytes). Time runs
+    // over the forward nodes (2k) and then their backward rules in reverse, each in two
+    // halves: at 2r a linear layer's fused activation masks its output gradient (reading its
+    // output), at 2r + 1 a rule reads its saved inputs and output gradient and writes its
+    // input's gradient (r = 2n - 1 - k). Lives are inclusive. A forward value lives until
+    // the last rule that reads it: a linear reader's dW half (the payload may alias it), its
+    // own producer's mask half, a forward reader; a gradient from its reader's rule (which
+    // writes it) to its producer's rule; a loss's softmax / residual from the loss to its rule.
+    void place_workspace(bool backward) {
+        std::vector<LVal> &V = L_->vals;
+        const int64_t n = (int64_t)L_->nodes.size();
+        auto rule = [&](int64_t k) { return 2 * (backward ? 2 * n - 1 - k : k); };  // its mask half
+        struct Buf { int64_t bytes, t0, t1; int64_t *off; };
+        std::vector<Buf> bufs;
+        std::vector<int64_t> made(V.size(), -1), last(V.size(), -1), gmade(V.size(), -1);
+        for (int64_t k = 0; k < n; ++k) {
+            LNode &nd = L_->nodes[(size_t)k];
+            if (nd.out >= 0) {
+                made[(size_t)nd.out] = 2 * k;
+                // its own rule reads it: a linear layer's mask half, an activation's rule
+                const int64_t own = nd.kind == NodeKind::ACT ? rule(k) + 1
+                                    : nd.kind == NodeKind::LINEAR && nd.act != Act::NONE ? rule(k) : 2 * k;
+                last[(size_t)nd.out] = std::max(last[(size_t)nd.out], own);
+            }
+            for (int32_t v : {nd.a, nd.b, nd.c}) {
+                if (v < 0) continue;
+                const int64_t read = nd.kind == NodeKind::LINEAR ? rule(k) + 1 : 2 * k;
+                last[(size_t)v] = std::max(last[(size_t)v], read);
+                gmade[(size_t)v] = rule(k) + 1;  // a value with a gradient has one reader
+            }
+            const int64_t es = (int64_t)dtype_size(V[(size_t)nd.a].dt);
+            if (nd.kind == NodeKind::CROSS_ENTROPY) bufs.push_back({nd.R * nd.N * es, 2 * k, rule(k) + 1, &nd.aux});
+            if (nd.kind == NodeKind::MSE) bufs.push_back({nd.N * es, 2 * k, rule(k) + 1, &nd.aux});
+        }
+        for (size_t i = 0; i < V.size(); ++i) {
+            LVal &v = V[i];
+            if (v.kind != LVal::WORK || v.off < 0 || made[i] < 0) continue;
+            const int64_t bytes = numel_of(v.shape) * (int64_t)dtype_size(v.dt);
+            bufs.push_back({bytes, made[i], std::max(made[i], last[i]), &v.off});
+            if (backward && v.rg && v.reached) {
+                const int64_t g1 = rule(made[i] / 2) + 1, g0 = gmade[i] < 0 ? g1 : std::min(gmade[i], g1);
+                bufs.push_back({bytes, g0, g1, &v.goff});
+            }
+        }
+        // First fit, largest first: each buffer at the lowest aligned offset clear of every
+        // placed buffer whose life overlaps its own.
+        std::vector<size_t> order(bufs.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return bufs[a].bytes > bufs[b].bytes; });
+        std::vector<size_t> placed;
+        size_t top = 0;
+        for (size_t i : order) {
+            Buf &b = bufs[i];
+            const int64_t sz = (b.bytes + kAlign - 1) / kAlign * kAlign;
+            std::vector<std::pair<int64_t, int64_t>> busy;
+            for (size_t j : placed)
+                if (bufs[j].t0 <= b.t1 && b.t0 <= bufs[j].t1)
+                    busy.push_back({*bufs[j].off, *bufs[j].off + (bufs[j].bytes + kAlign - 1) / kAlign * kAlign});
+            std::sort(busy.begin(), busy.end());
+            int64_t at = 0;
+            for (const auto &r : busy) {
+                if (at + sz <= r.first) break;
+                at = std::max(at, r.second);
+            }
+            *b.off = at;
+            placed.push_back(i);
+            top = std::max(top, (size_t)(at + sz));
+        }
+        L_->ws_bytes = top;
     }
 
     const Program &P_;

@@ -4,7 +4,8 @@
 //   Replaying records (program.h) calls the core ops, so every replayed step still builds
 //   TensorImpls, Storages, tape Nodes and walks the tape: that machinery, not the kernels, is
 //   most of a small step. Lowering turns a program into a flat list of kernel calls on raw
-//   pointers into one workspace (activations, their gradients, the losses' softmax/residual)
+//   pointers into one workspace (activations, their gradients, the losses' softmax/residual,
+//   at offsets planned from their lifetimes: Lowering::place_workspace in lower.cpp)
 //   plus the parameters, their persistent gradient buffers and the optimizer state: no tensor,
 //   node or tape per op and no allocation per step. The backward pass is generated at lowering
 //   time from the forward kernels' rules (each written like the eager rule: the same gemm calls
@@ -12,7 +13,7 @@
 //   lowered step equals the eager and the replayed step bit for bit (tests/test_compile.py).
 //   Cheap fusions that keep that: the activation runs in place on the linear layer's output
 //   (its backward needs only the output), dW is written by gemm with beta = 0 straight into the
-//   parameter's gradient buffer, the loss gradient is written over the softmax / residual.
+//   parameter's gradient buffer.
 //
 //   Lowered: linear_chain, linear (2-D weight), relu / tanh / sigmoid, cross_entropy, mse_loss,
 //   a VIEW of an input (integer labels), backward of the loss, clear_grads, policy switches and

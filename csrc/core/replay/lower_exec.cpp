@@ -334,17 +334,28 @@ Tensor run_lowered(Lowered &L, Program &P, const std::vector<Tensor> &inputs) {
 size_t lowered_workspace_bytes(const Lowered &L) { return L.ws_bytes; }
 size_t lowered_n_kernels(const Lowered &L) { return L.nodes.size(); }
 
+// Where a kernel's output, its gradient and a loss's softmax / residual sit in the workspace.
+static std::string where(const Lowered &L, const LNode &n) {
+    const LVal &o = L.vals[(size_t)n.out];
+    std::string s;
+    if (o.kind == LVal::WORK && o.off >= 0) s += str("  out @", o.off);
+    if (o.goff >= 0) s += str(", grad @", o.goff);
+    if (n.aux >= 0) s += str("  ", n.kind == NodeKind::CROSS_ENTROPY ? "softmax" : "residual", " @", n.aux);
+    return s;
+}
+
 std::string lowered_dump(const Lowered &L) {
     static const char *acts[] = {"", "+relu", "+tanh", "+sigmoid"};
     static const char *kinds[] = {"linear", "act", "cross_entropy", "mse_loss"};
-    std::string s = str("lowered: ", L.nodes.size(), " forward kernels, workspace ", L.ws_bytes, " bytes, ",
+    std::string s = str("lowered: ", L.nodes.size(), " forward kernels, workspace ", L.ws_bytes, " bytes (placed by liveness), ",
                         L.params.size(), " parameter gradients\n");
     for (size_t k = 0; k < L.nodes.size(); ++k) {
         const LNode &n = L.nodes[k];
         s += str("  k", k, ": v", n.out, " = ", n.kind == NodeKind::ACT ? acts[(int)n.act] + 1 : kinds[(int)n.kind],
                  n.kind == NodeKind::ACT ? "" : acts[(int)n.act],
                  "(v", n.a, n.b >= 0 ? str(", v", n.b) : std::string(), n.c >= 0 ? str(", v", n.c) : std::string(), ")",
-                 n.kind == NodeKind::LINEAR ? str(" [", n.R, "x", n.K, " -> ", n.N, "]") : std::string(), "\n");
+                 n.kind == NodeKind::LINEAR ? str(" [", n.R, "x", n.K, " -> ", n.N, "]") : std::string(),
+                 where(L, n), "\n");
     }
     return s;
 }
