@@ -198,8 +198,10 @@ class CompiledStep:
 
     def save(self, path: str) -> None:
         """Write the current program with its parameters, optimizer state and arena plan to ``path``
-        (format: docs/plan_format.md), for ``spad_plan_load`` on a device. Steps recorded under a
-        sampling policy cannot be saved yet (ValueError)."""
+        (format: docs/plan_format.md), for ``spad_plan_load`` on a device. A step recorded under a
+        sampling policy is saved with the policy: its settings, clock, RNG counter and per-site
+        state (scores, distributions, stale norms), so a loaded plan samples what this step would
+        sample next."""
         self._program().save(str(path))
 
     def dump(self) -> str:

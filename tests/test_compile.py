@@ -297,13 +297,86 @@ def test_plan_reader_rejects_bad_files(digits, tmp_path):
             pass
 
 
-def test_policy_steps_cannot_be_saved_yet(digits, tmp_path):
+@pytest.mark.parametrize("make", [
+    lambda: S.RAD(keep=0.3, seed=3),
+    lambda: S.RAD(keep=0.25, seed=4, block=8),
+    lambda: S.CRS(keep=0.4, seed=5),
+    lambda: S.SPAD(keep=0.3, refresh=2, seed=6),
+    lambda: S.SPAD(keep=0.3, refresh=3, seed=7, paths="scored", scoring="exact"),
+], ids=["rad", "rad-blocks", "crs", "spad", "spad-scored-exact"])
+def test_policy_step_saved_with_its_state_continues_like_the_original(digits, tmp_path, make):
+    # A sampled step is saved with its policy (settings, clock, RNG counter, per-site scores and
+    # norms): the loaded copy and the original, from the same saved state, take the same samples.
     X, y = digits
-    _, step = _mlp_step((64, 8, 10), policy=S.RAD(keep=0.5))
+    pol = make()
+    m1, step = _mlp_step((64, 32, 10), policy=pol)
+    compiled = spad.compile(step)
+    batches = list(_batches(X, y, 12, seed=2))
+    for xb, yb in batches[:4]:  # the policy's clock and scores move past their first values
+        compiled(xb, yb)
+    path = tmp_path / "sampled.plan"
+    compiled.save(path)
+    loaded = spad._core._load_program(str(path))
+    for p, q in zip(loaded.parameters(), m1.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    for xb, yb in batches[4:]:
+        assert float(compiled(xb, yb)) == float(loaded.run((xb, yb)))
+    for p, q in zip(loaded.parameters(), m1.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    assert pol.step == 12
+
+
+def test_plan_of_format_1_is_still_read(digits, tmp_path):
+    # Version 2 appended the policy section (a step without policies: one u32 0).
+    X, y = digits
+    _, step = _mlp_step((64, 8, 10))
     compiled = spad.compile(step)
     compiled(*next(_batches(X, y, 1)))
-    with pytest.raises(ValueError, match="sampling policy"):
-        compiled.save(tmp_path / "p.plan")
+    path = tmp_path / "v2.plan"
+    compiled.save(path)
+    raw = bytearray(path.read_bytes())
+    assert raw[8:12] == (2).to_bytes(4, "little") and raw[-4:] == bytes(4)
+    raw[8:12] = (1).to_bytes(4, "little")
+    v1 = tmp_path / "v1.plan"
+    v1.write_bytes(bytes(raw[:-4]))
+    assert spad._core._load_program(str(v1)).n_records == compiled.n_records
+    raw[8:12] = (3).to_bytes(4, "little")
+    v1.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="version 3"):
+        spad._core._load_program(str(v1))
+
+
+def test_plan_reader_rejects_bad_policy_state(digits, tmp_path):
+    X, y = digits
+    pol = S.SPAD(keep=0.3, refresh=2, seed=0x5EED_0123_4567_89AB)  # bytes found nowhere else in the file
+    _, step = _mlp_step((64, 8, 10), policy=pol)
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, 3):
+        compiled(xb, yb)
+    path = tmp_path / "p.plan"
+    compiled.save(path)
+    raw = path.read_bytes()
+    # find the policy's configuration through its seed and break the settings around it
+    seed = int(pol.seed).to_bytes(8, "little")
+    at = raw.index(seed)  # first: the policy's own configuration (its sites repeat it)
+    assert raw.count(seed) == 1 + 2  # the policy and its two sites
+    cfg0 = at - (1 + 1 + 8 + 8 + 8 + 1 + 8 + 8)
+    for off, val, msg in [(cfg0, 9, "policy kind"), (cfg0 + 1, 0, "estimator"),
+                          (cfg0 + 2, None, "out of range")]:
+        bad = bytearray(raw)
+        if val is None:
+            bad[off:off + 8] = np.float64(1.5).tobytes()  # keep 1.5
+        else:
+            bad[off] = val
+        p2 = tmp_path / "bad.plan"
+        p2.write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match=msg):
+            spad._core._load_program(str(p2))
+    for cut in range(len(raw) - 40, len(raw), 3):  # truncated inside the policy section
+        p2 = tmp_path / "cut.plan"
+        p2.write_bytes(raw[:cut])
+        with pytest.raises(ValueError):
+            spad._core._load_program(str(p2))
 
 
 def test_rosenbrock_program_without_inputs_matches_eager():

@@ -23,12 +23,10 @@ spad_status spad_plan_load(spad_ctx_t *ctx, const char *path, spad_plan_t **out)
             throw spad::AllocError(spad::str("spad_plan_load: the plan's step buffers peak at ", pl.eager_peak_bytes,
                                              " bytes (arena plan ", pl.arena_bytes, " bytes); the context's step arena "
                                              "holds ", ctx->step->capacity()));
-        for (size_t s = 0; s < p->prog->n_slots(); ++s) {
-            const spad::Tensor &c = p->prog->consts[s];
-            if (!c) continue;
-            make_persistent(ctx, c);  // parameters and optimizer state outlive every step
-            if (c->requires_grad) p->params.push_back(c);
-        }
+        // Parameters, optimizer state and the policies' per-site tensors outlive every step.
+        spad::replay::move_program_state(*p->prog, [&](const spad::Tensor &c) { make_persistent(ctx, c); });
+        for (const spad::Tensor &c : p->prog->consts)
+            if (c && c->requires_grad) p->params.push_back(c);
         *out = p.release();
     });
 }

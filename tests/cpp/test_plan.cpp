@@ -1,8 +1,8 @@
 // test_plan.cpp — compiled plans through the C API: a step (MLP 3-16-2, MSE, SGD with momentum)
 // recorded in C++ with the replay Recorder, saved, loaded with spad_plan_load and trained with
 // spad_plan_step (which runs the lowered executor, replay/lower.h) must follow the eager step
-// bit for bit; a too-small step arena, a corrupt file and wrong inputs are refused with clear
-// status codes.
+// bit for bit, exact and under a sampling policy saved with the plan (RAD, SPAD); a too-small
+// step arena, a corrupt file and wrong inputs are refused with clear status codes.
 #include <spad/spad.h>
 
 #include <cstdio>
@@ -15,6 +15,7 @@
 #include "core/optim.h"
 #include "core/replay/plan_file.h"
 #include "core/replay/program.h"
+#include "core/sampling/sampling.h"
 
 using namespace spad;
 
@@ -46,17 +47,23 @@ void batch(int step, Tensor &x, Tensor &y) {
     for (int i = 0; i < 8; ++i) y->data<float>()[i] = 0.2f * (float)((i * 3 + step) % 5) - 0.4f;
 }
 
-// One step, either eagerly or through a recorder (the same calls the Python bindings make).
-Tensor step(Net &n, const Tensor &x, const Tensor &y, replay::Recorder *r) {
+// One step, either eagerly or through a recorder (the same calls the Python bindings make),
+// its forward pass under `pol` when given (as spad.sampling.use records it).
+Tensor step(Net &n, const Tensor &x, const Tensor &y, replay::Recorder *r,
+            const std::shared_ptr<Policy> &pol = nullptr) {
     using replay::Op;
+    const std::vector<std::shared_ptr<Policy>> pols = pol ? std::vector<std::shared_ptr<Policy>>{pol}
+                                                          : std::vector<std::shared_ptr<Policy>>{};
     auto call = [&](Op op, std::vector<const Tensor *> ts, std::vector<int64_t> is, std::vector<double> ds) {
         if (r) return r->call_list(op, ts, is, ds);
-        return replay::exec(op, ts.data(), ts.size(), is.data(), is.size(), ds.data(), ds.size(), {});
+        return replay::exec(op, ts.data(), ts.size(), is.data(), is.size(), ds.data(), ds.size(), pols);
     };
+    if (pol) call(Op::SET_POLICY, {}, {r ? r->policy_index(pol) : 0}, {});
     Tensor h = call(Op::LINEAR, {&x, &n.params[0], &n.params[1]}, {}, {});
     h = call(Op::RELU, {&h}, {}, {});
     Tensor out = call(Op::LINEAR, {&h, &n.params[2], &n.params[3]}, {}, {});
     Tensor loss = call(Op::MSE, {&out, &y}, {}, {});
+    if (pol) call(Op::SET_POLICY, {}, {-1}, {});
     std::vector<const Tensor *> ps;
     for (const Tensor &p : n.params) ps.push_back(&p);
     call(Op::CLEAR_GRADS, ps, {}, {});
@@ -138,6 +145,67 @@ void test_plan_trains_like_eager(const std::string &path) {
     spad_ctx_free(ctx);
 }
 
+// A step recorded under a policy is saved with it; the device follows the eager step (its own
+// policy with the same settings, from the same state) sample for sample.
+void test_sampled_plan_trains_like_eager(const std::string &path, PolicyKind kind, Estimator est) {
+    PolicyConfig c;
+    c.kind = kind;
+    c.estimator = est;
+    c.keep = 0.5;
+    c.refresh = 2;
+    c.seed = 99;
+    auto pe = std::make_shared<Policy>(c), pr = std::make_shared<Policy>(c);
+    Net eager = make_net(), rec = make_net();
+    Tensor x, y;
+    for (int s = 0; s < 3; ++s) {  // the policies' clocks and site states move first
+        batch(s, x, y);
+        step(eager, x, y, nullptr, pe);
+        if (s < 2) step(rec, x, y, nullptr, pr);
+    }
+    {
+        replay::Recorder r({x, y});
+        Tensor loss = step(rec, x, y, &r, pr);
+        std::vector<std::string> warnings;
+        auto prog = r.finish(loss, warnings);
+        CHECK(prog->records.size() == 9 && prog->policies.size() == 1);
+        replay::save_program(*prog, path);
+    }
+    // A persistent arena: loading moves the parameters and the site state into it (new
+    // storages), and the policy's per-weight state must follow them.
+    static std::vector<unsigned char> persistent(1 << 20), scratch(1 << 20);
+    spad_ctx_params cp = spad_ctx_default_params();
+    cp.persistent_arena = persistent.data();
+    cp.persistent_arena_bytes = persistent.size();
+    cp.step_arena = scratch.data();
+    cp.step_arena_bytes = scratch.size();
+    spad_ctx_t *ctx = nullptr;
+    OK(spad_ctx_init(&cp, &ctx));
+    spad_plan_t *plan = nullptr;
+    OK(spad_plan_load(ctx, path.c_str(), &plan));
+    const size_t mark = spad_ctx_mark(ctx);
+    for (int s = 3; s <= 12; ++s) {
+        batch(s, x, y);
+        Tensor le = step(eager, x, y, nullptr, pe);
+        spad_tensor_t *in[2];
+        int64_t xs[2] = {4, 3}, ys[2] = {4, 2};
+        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, xs, x->data<float>(), &in[0]));
+        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, ys, y->data<float>(), &in[1]));
+        double loss = -1;
+        OK(spad_plan_step(ctx, plan, 2, in, &loss));
+        CHECK(loss == item(le));
+        OK(spad_ctx_rewind(ctx, mark));
+    }
+    for (int32_t i = 0; i < 4; ++i) {
+        spad_tensor_t *p = nullptr;
+        OK(spad_plan_param(ctx, plan, i, &p));
+        CHECK(std::memcmp(spad_tensor_data(p), eager.params[(size_t)i]->data<float>(),
+                          (size_t)eager.params[(size_t)i]->numel() * 4) == 0);
+    }
+    CHECK(pe->step == 13);
+    spad_plan_free(plan);
+    spad_ctx_free(ctx);
+}
+
 void test_arena_checked_before_the_first_step(const std::string &path) {
     spad_ctx_params p = spad_ctx_default_params();
     p.step_arena_bytes = 64;  // far below the step's buffers
@@ -201,7 +269,13 @@ int main() {
     test_plan_trains_like_eager(path);
     test_arena_checked_before_the_first_step(path);
     test_bad_files_refused(path);
+    const std::string sampled = "test_plan_sampled.spadplan";
+    test_sampled_plan_trains_like_eager(sampled, PolicyKind::RAD, Estimator::RAD_SAME);
+    test_sampled_plan_trains_like_eager(sampled, PolicyKind::CRS, Estimator::CRS);
+    test_sampled_plan_trains_like_eager(sampled, PolicyKind::SPAD, Estimator::SPAD);
+    test_bad_files_refused(sampled);  // flipped bytes in the policy section too
     std::remove(path.c_str());
+    std::remove(sampled.c_str());
     std::printf("test_plan: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures ? 1 : 0;
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../sampling/sampling.h"
 #include "plan.h"
 #include "plan_file.h"
 
@@ -15,7 +16,7 @@ namespace replay {
 
 namespace {
 constexpr char kMagic[8] = {'S', 'P', 'A', 'D', 'P', 'L', 'A', 'N'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: sampling policies with their state; 1 is still read
 constexpr uint32_t kMaxRank = 16;
 
 struct Writer {
@@ -54,7 +55,7 @@ struct Reader {
     }
     void read(void *dst, size_t n, const char *what) {
         need(n, what);
-        std::memcpy(dst, p, n);
+        if (n) std::memcpy(dst, p, n);  // an empty list's data() may be null
         p += n;
         left -= n;
     }
@@ -125,13 +126,171 @@ void check_record(const Record &r, uint32_t k, const std::vector<char> &defined,
                    " (", op_name(r.op), ") reads ", s < 0 ? "None" : "an undefined slot", " as argument ", j);
     }
 }
+
+// ---- sampling policies (version 2): configuration, clock, RNG counter and per-site state ----
+
+void put_doubles(Writer &w, const std::vector<double> &v) {
+    w.put<uint64_t>(v.size());
+    w.bytes(v.data(), v.size() * sizeof(double));
+}
+
+std::vector<double> get_doubles(Reader &r, const char *what) {
+    std::vector<double> v((size_t)r.count(r.get<uint64_t>(what), 8, what));
+    r.read(v.data(), v.size() * sizeof(double), what);
+    return v;
+}
+
+void put_cfg(Writer &w, const PolicyConfig &c) {
+    w.put<uint8_t>((uint8_t)c.kind);
+    w.put<uint8_t>((uint8_t)c.estimator);
+    w.put<double>(c.keep);
+    w.put<double>(c.deterministic);
+    w.put<int64_t>(c.refresh);
+    w.put<uint8_t>((uint8_t)((c.unbiased ? 1 : 0) | (c.everywhere ? 2 : 0) | (c.sampled_scores ? 4 : 0)));
+    w.put<double>(c.mix);
+    w.put<double>(c.ema);
+    w.put<uint64_t>(c.seed);
+    w.put<int64_t>(c.block);
+}
+
+// A configuration the Python constructors could have made (spad/sampling.py checks the same
+// ranges): a file must not hand the samplers a kind / estimator pair or a range they never see.
+PolicyConfig get_cfg(Reader &r) {
+    PolicyConfig c;
+    const uint8_t kind = r.get<uint8_t>("policy kind"), est = r.get<uint8_t>("estimator");
+    using E = Estimator;
+    const E e = (E)est;
+    bool ok = est <= (uint8_t)E::RAD_BLOCK;
+    switch ((PolicyKind)kind) {
+        case PolicyKind::EXACT: ok = ok && e == E::EXACT; break;
+        case PolicyKind::RAD: ok = ok && (e == E::RAD_DIFF || e == E::RAD_SAME || e == E::PROJECT || e == E::RAD_BLOCK); break;
+        case PolicyKind::CRS: ok = ok && (e == E::CRS || e == E::BERNOULLI); break;
+        case PolicyKind::SPAD: ok = ok && (e == E::SPAD || e == E::SPAD_TOPK || e == E::SPAD_MAG); break;
+        default: ok = false;
+    }
+    SPAD_CHECK(ok, ValueError, "plan file ", r.path, ": unknown policy kind ", (int)kind, " / estimator ", (int)est);
+    c.kind = (PolicyKind)kind;
+    c.estimator = e;
+    c.keep = r.get<double>("keep");
+    c.deterministic = r.get<double>("deterministic");
+    c.refresh = r.get<int64_t>("refresh");
+    const uint8_t flags = r.get<uint8_t>("policy flags");
+    c.unbiased = flags & 1;
+    c.everywhere = (flags & 2) != 0;
+    c.sampled_scores = (flags & 4) != 0;
+    c.mix = r.get<double>("mix");
+    c.ema = r.get<double>("ema");
+    c.seed = r.get<uint64_t>("seed");
+    c.block = r.get<int64_t>("block");
+    SPAD_CHECK(c.keep > 0 && c.keep <= 1 && c.deterministic >= 0 && c.deterministic <= 1 && c.refresh >= 1 &&
+                   c.mix >= 0 && c.mix <= 1 && c.ema >= 0 && c.ema < 1 && flags < 8 &&
+                   (c.block == 1 || (c.block > 0 && c.block % 8 == 0)),
+               ValueError, "plan file ", r.path, ": a policy setting is out of range (keep ", c.keep, ", refresh ",
+               c.refresh, ", mix ", c.mix, ", ema ", c.ema, ", block ", c.block, ")");
+    return c;
+}
+
+// The CONST slot holding the weight whose storage keys a site, or -1 (a site of a weight this
+// step does not capture: the policy also served other models; not needed here).
+int32_t slot_of_storage(const Program &P, const Storage *st) {
+    for (size_t s = 0; s < P.n_slots(); ++s)
+        if (P.kinds[s] == SlotKind::CONST && P.consts[s]->storage.get() == st) return (int32_t)s;
+    return -1;
+}
+
+void put_policies(Writer &w, const Program &P) {
+    w.put<uint32_t>((uint32_t)P.policies.size());
+    for (const auto &pp : P.policies) {
+        Policy &p = *pp;
+        std::lock_guard<std::mutex> lk(p.mu);
+        put_cfg(w, p.cfg);
+        w.put<int64_t>(p.step);
+        w.put<uint64_t>(p.counter);
+        std::vector<std::pair<int32_t, double>> keeps;
+        for (const auto &kv : p.site_keep)
+            if (int32_t s = slot_of_storage(P, kv.first); s >= 0) keeps.push_back({s, kv.second});
+        std::sort(keeps.begin(), keeps.end());
+        w.put<uint32_t>((uint32_t)keeps.size());
+        for (const auto &k : keeps) {
+            w.put<int32_t>(k.first);
+            w.put<double>(k.second);
+        }
+        std::vector<std::pair<int32_t, SiteState *>> sites;
+        for (const auto &kv : p.sites)
+            if (int32_t s = slot_of_storage(P, kv.first); s >= 0) sites.push_back({s, kv.second.get()});
+        std::sort(sites.begin(), sites.end());
+        w.put<uint32_t>((uint32_t)sites.size());
+        for (const auto &e : sites) {
+            SiteState &st = *e.second;
+            std::lock_guard<std::mutex> slk(st.mu);
+            w.put<int32_t>(e.first);
+            put_cfg(w, st.cfg);
+            w.put<int64_t>(st.n);
+            put_doubles(w, st.score);
+            std::vector<double> q;
+            if (st.q) q.assign(st.q->data<double>(), st.q->data<double>() + st.q->numel());
+            put_doubles(w, q);
+            put_doubles(w, st.dy_norm);
+            put_doubles(w, st.acc);
+            w.put<int64_t>(st.acc_steps);
+            w.put<uint8_t>(st.rescore ? 1 : 0);
+        }
+    }
+}
+
+void get_policies(Reader &r, Program &P) {
+    const uint32_t np = (uint32_t)r.count(r.get<uint32_t>("policies"), 60, "policy");
+    auto weight_slot = [&](const char *what) {
+        const int32_t s = r.get<int32_t>(what);
+        SPAD_CHECK(s >= 0 && (size_t)s < P.n_slots() && P.kinds[(size_t)s] == SlotKind::CONST &&
+                       is_floating(P.consts[(size_t)s]->dtype),
+                   ValueError, "plan file ", r.path, ": ", what, " names slot ", s, ", not a captured float tensor");
+        return P.consts[(size_t)s]->storage.get();
+    };
+    for (uint32_t k = 0; k < np; ++k) {
+        auto p = std::make_shared<Policy>(get_cfg(r));
+        p->step = r.get<int64_t>("policy step");
+        p->counter = r.get<uint64_t>("policy counter");
+        SPAD_CHECK(p->step >= 0, ValueError, "plan file ", r.path, ": policy ", k, " has a negative step");
+        const uint32_t nk = (uint32_t)r.count(r.get<uint32_t>("site keeps"), 12, "site keep");
+        for (uint32_t j = 0; j < nk; ++j) {
+            const Storage *st = weight_slot("site keep slot");
+            const double keep = r.get<double>("site keep");
+            SPAD_CHECK(keep > 0 && keep <= 1, ValueError, "plan file ", r.path, ": site keep ", keep, " not in (0, 1]");
+            p->site_keep[st] = keep;
+        }
+        const uint32_t ns = (uint32_t)r.count(r.get<uint32_t>("sites"), 60, "site");
+        for (uint32_t j = 0; j < ns; ++j) {
+            const Storage *key = weight_slot("site slot");
+            auto site = std::make_shared<SiteState>();
+            site->cfg = get_cfg(r);
+            site->n = r.get<int64_t>("site features");
+            site->score = get_doubles(r, "site scores");
+            std::vector<double> q = get_doubles(r, "site distribution");
+            site->dy_norm = get_doubles(r, "site norms");
+            site->acc = get_doubles(r, "site accumulators");
+            site->acc_steps = r.get<int64_t>("site steps");
+            site->rescore = r.get<uint8_t>("site rescore") != 0;
+            // The samplers index these by feature (score, q, acc) or by batch row (dy_norm):
+            // a feature vector must be empty or exactly n long.
+            auto fits = [&](size_t m) { return m == 0 || m == (size_t)site->n; };
+            SPAD_CHECK(site->n > 0 && fits(site->score.size()) && fits(q.size()) && fits(site->acc.size()) &&
+                           site->acc_steps >= 0,
+                       ValueError, "plan file ", r.path, ": site ", j, " of policy ", k, " has inconsistent state");
+            if (!q.empty()) {
+                site->q = empty({site->n}, DType::F64);
+                std::copy(q.begin(), q.end(), site->q->data<double>());
+            }
+            p->sites[key] = std::move(site);
+        }
+        P.policies.push_back(std::move(p));
+    }
+}
 }  // namespace
 
 std::vector<unsigned char> serialize(const Program &P) {
     for (const Record &r : P.records)
-        SPAD_CHECK(!((r.op == Op::SET_POLICY && r.ints[0] >= 0) || r.op == Op::BEGIN_STEP), ValueError,
-                   "save: steps recorded under a sampling policy cannot be saved yet (policy state is not in the "
-                   "plan format); record the step without spad.sampling.use to save it");
+        SPAD_CHECK(r.op != Op::BEGIN_STEP, ValueError, "save: begin_step records are no longer supported; re-record");
     for (const Record &r : P.records)
         SPAD_CHECK(!(r.op == Op::BACKWARD && r.ints[1] != 0), ValueError,
                    "save: a step calling backward(create_graph=True) cannot be saved (not in plan format 1)");
@@ -173,6 +332,7 @@ std::vector<unsigned char> serialize(const Program &P) {
         w.put<int64_t>(pl.alloc_t[k]);
         w.put<int64_t>(pl.free_t[k]);
     }
+    put_policies(w, P);
     return w.buf;
 }
 
@@ -182,8 +342,8 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
     r.read(magic, 8, "magic");
     SPAD_CHECK(std::memcmp(magic, kMagic, 8) == 0, ValueError, "plan file ", path, ": not a spad plan (bad magic)");
     const uint32_t version = r.get<uint32_t>("version");
-    SPAD_CHECK(version == kVersion, ValueError, "plan file ", path, ": version ", version, ", this build reads ",
-               kVersion);
+    SPAD_CHECK(version == 1 || version == kVersion, ValueError, "plan file ", path, ": version ", version,
+               ", this build reads 1 and ", kVersion);
     auto P = std::make_shared<Program>();
     const uint32_t ns = (uint32_t)r.count(r.get<uint32_t>("slots"), 1, "slot");
     P->n_inputs = (int32_t)r.get<uint32_t>("inputs");
@@ -216,6 +376,7 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
     }
     P->records.resize(nr);
     std::vector<char> defined(ns, 0);
+    std::vector<std::pair<uint32_t, int64_t>> policy_refs;  // (record, policy index), checked once policies are read
     for (uint32_t s = 0; s < ns; ++s) defined[s] = P->kinds[s] != SlotKind::VALUE;
     for (uint32_t k = 0; k < nr; ++k) {
         Record &rec = P->records[k];
@@ -239,9 +400,9 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
         for (uint32_t j = 0; j < nd; ++j) rec.dbls.push_back(r.get<double>("double"));
         check_record(rec, k, defined, path);
         if (rec.out >= 0) defined[(size_t)rec.out] = 1;
-        // Policies are not in format version 1: a policy record may only switch policies off.
-        SPAD_CHECK(!((rec.op == Op::SET_POLICY && (rec.ints.empty() || rec.ints[0] >= 0)) || rec.op == Op::BEGIN_STEP),
-                   ValueError, "plan file ", path, ": record ", k, " needs a sampling policy (not in format 1)");
+        SPAD_CHECK(rec.op != Op::BEGIN_STEP, ValueError, "plan file ", path, ": record ", k,
+                   " is a begin_step record (no longer supported)");
+        if (rec.op == Op::SET_POLICY) policy_refs.push_back({k, rec.ints[0]});
     }
     auto plan = std::make_shared<ArenaPlan>();
     const uint64_t na = r.count(r.get<uint64_t>("allocations"), 24, "allocation");
@@ -252,6 +413,10 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
         SPAD_CHECK(plan->sizes.back() < (uint64_t(1) << 48) && plan->alloc_t.back() >= 0 && plan->free_t.back() >= -1,
                    ValueError, "plan file ", path, ": allocation ", k, " is out of range");
     }
+    if (version >= 2) get_policies(r, *P);
+    for (const auto &pr : policy_refs)  // a policy record names a policy of the file, or none (-1)
+        SPAD_CHECK(pr.second >= -1 && pr.second < (int64_t)P->policies.size(), ValueError, "plan file ", path,
+                   ": record ", pr.first, " switches to policy ", pr.second, " of ", P->policies.size());
     SPAD_CHECK(r.left == 0, ValueError, "plan file ", path, ": ", r.left, " trailing bytes");
     // Lifetimes on one event clock: allocations in order, each freed after it was made, no two
     // events at the same time (the planner relies on it).
@@ -271,6 +436,34 @@ std::shared_ptr<Program> deserialize(const unsigned char *data, size_t n, const 
     P->plan_verified = false;  // the first step checks the sizes before the arena is reserved
     P->finalize();
     return P;
+}
+
+void move_program_state(Program &P, const std::function<void(const Tensor &)> &move) {
+    std::vector<std::pair<const Storage *, const Storage *>> moved;
+    for (const Tensor &c : P.consts) {
+        if (!c) continue;
+        const Storage *before = c->storage.get();
+        move(c);
+        if (c->storage.get() != before) moved.push_back({before, c->storage.get()});
+    }
+    auto now = [&](const Storage *k) {
+        for (const auto &m : moved)
+            if (m.first == k) return m.second;
+        return k;
+    };
+    for (const auto &pp : P.policies) {
+        std::lock_guard<std::mutex> lk(pp->mu);
+        decltype(pp->sites) sites;
+        for (auto &kv : pp->sites) {
+            std::lock_guard<std::mutex> slk(kv.second->mu);
+            if (kv.second->q) move(kv.second->q);
+            sites[now(kv.first)] = kv.second;
+        }
+        pp->sites = std::move(sites);
+        decltype(pp->site_keep) keeps;
+        for (const auto &kv : pp->site_keep) keeps[now(kv.first)] = kv.second;
+        pp->site_keep = std::move(keeps);
+    }
 }
 
 void save_program(const Program &P, const std::string &path) {
