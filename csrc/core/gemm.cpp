@@ -74,8 +74,9 @@ static bool use_blas(int64_t M, int64_t N, int64_t K) {
 //   takes them only below 1e6 multiply-adds (and, for the layout of our dx = g @ W^T, only
 //   for outputs of at most 1200 elements). A training batch's products sit just above that:
 //   the digits MLP's 32x256x256 runs at 80-90 GF/s packed and at 106-115 GF/s as column
-//   blocks the small kernels take (benchmarks/bench_gemm_blocks.py measures each shape both
-//   ways). So with one BLAS thread on such a core (the small kernels are single-threaded;
+//   blocks the small kernels take (benchmarks/bench_gemm_blocks.py: spad's products with the
+//   split on and off; benchmarks/gemm_blocks_grid.c: the grid of raw calls the rule was drawn
+//   from, which must be kept in step with blas_column_block). So with one BLAS thread on such a core (the small kernels are single-threaded;
 //   a threaded call is faster on two cores) gemm splits C's columns into blocks under those
 //   limits. Every element of C is still one K-long product computed by one call, so the
 //   split never mixes partial sums; which kernel computes it depends only on the shape, so
