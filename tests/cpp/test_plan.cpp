@@ -74,6 +74,26 @@ Tensor step(Net &n, const Tensor &x, const Tensor &y, replay::Recorder *r,
     return loss;
 }
 
+// One step of the loaded plan on (x, y) through the C API, its loss in `loss`.
+void plan_step(spad_ctx_t *ctx, spad_plan_t *plan, const Tensor &x, const Tensor &y, double &loss) {
+    spad_tensor_t *in[2];
+    int64_t xs[2] = {4, 3}, ys[2] = {4, 2};
+    OK(spad_tensor_from_data(ctx, SPAD_F32, 2, xs, x->data<float>(), &in[0]));
+    OK(spad_tensor_from_data(ctx, SPAD_F32, 2, ys, y->data<float>(), &in[1]));
+    loss = -1;
+    OK(spad_plan_step(ctx, plan, 2, in, &loss));
+}
+
+// The plan's parameters equal the eager net's, bit for bit.
+void check_params(spad_ctx_t *ctx, spad_plan_t *plan, const Net &eager) {
+    for (int32_t i = 0; i < 4; ++i) {
+        spad_tensor_t *p = nullptr;
+        OK(spad_plan_param(ctx, plan, i, &p));
+        CHECK(std::memcmp(spad_tensor_data(p), eager.params[(size_t)i]->data<float>(),
+                          (size_t)eager.params[(size_t)i]->numel() * 4) == 0);
+    }
+}
+
 void test_plan_trains_like_eager(const std::string &path) {
     Net eager = make_net(), rec = make_net();
     Tensor x, y;
@@ -97,20 +117,11 @@ void test_plan_trains_like_eager(const std::string &path) {
     for (int s = 1; s <= 20; ++s) {
         batch(s, x, y);
         Tensor le = step(eager, x, y, nullptr);
-        spad_tensor_t *in[2];
-        int64_t xs[2] = {4, 3}, ys[2] = {4, 2};
-        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, xs, x->data<float>(), &in[0]));
-        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, ys, y->data<float>(), &in[1]));
-        double loss = -1;
-        OK(spad_plan_step(ctx, plan, 2, in, &loss));
+        double loss;
+        plan_step(ctx, plan, x, y, loss);
         CHECK(loss == item(le));
     }
-    for (int32_t i = 0; i < 4; ++i) {
-        spad_tensor_t *p = nullptr;
-        OK(spad_plan_param(ctx, plan, i, &p));
-        const float *d = static_cast<const float *>(spad_tensor_data(p));
-        CHECK(std::memcmp(d, eager.params[(size_t)i]->data<float>(), (size_t)eager.params[(size_t)i]->numel() * 4) == 0);
-    }
+    check_params(ctx, plan, eager);
     // The same file loaded into a Program runs lowered (replay/lower.h), still bit for bit.
     {
         Net ref = make_net();
@@ -186,21 +197,12 @@ void test_sampled_plan_trains_like_eager(const std::string &path, PolicyKind kin
     for (int s = 3; s <= 12; ++s) {
         batch(s, x, y);
         Tensor le = step(eager, x, y, nullptr, pe);
-        spad_tensor_t *in[2];
-        int64_t xs[2] = {4, 3}, ys[2] = {4, 2};
-        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, xs, x->data<float>(), &in[0]));
-        OK(spad_tensor_from_data(ctx, SPAD_F32, 2, ys, y->data<float>(), &in[1]));
-        double loss = -1;
-        OK(spad_plan_step(ctx, plan, 2, in, &loss));
+        double loss;
+        plan_step(ctx, plan, x, y, loss);
         CHECK(loss == item(le));
         OK(spad_ctx_rewind(ctx, mark));
     }
-    for (int32_t i = 0; i < 4; ++i) {
-        spad_tensor_t *p = nullptr;
-        OK(spad_plan_param(ctx, plan, i, &p));
-        CHECK(std::memcmp(spad_tensor_data(p), eager.params[(size_t)i]->data<float>(),
-                          (size_t)eager.params[(size_t)i]->numel() * 4) == 0);
-    }
+    check_params(ctx, plan, eager);
     CHECK(pe->step == 13);
     spad_plan_free(plan);
     spad_ctx_free(ctx);
