@@ -34,8 +34,8 @@ records again (up to ``max_cache`` programs per step), so a plan never runs on i
 not made for.
 
 Lowered execution: at the first replay the program is lowered, when every record is one
-the lowering knows (linear layers and ``linear_chain``, relu/tanh/sigmoid, cross-entropy and
-MSE losses, backward of the loss, ``zero_grad``, the optimizers' fused updates), into a flat
+the lowering knows (linear layers and ``linear_chain``, relu/tanh/sigmoid, dropout,
+cross-entropy and MSE losses, backward of the loss, ``zero_grad``, the optimizers' fused updates), into a flat
 list of kernel calls on raw pointers into one workspace, the parameters, their gradient
 buffers and the optimizer state: no tensor, tape node or allocation per op. The workspace
 holds the step's activations, their gradients and the losses' softmax / residual at offsets

@@ -110,6 +110,41 @@ def test_adam_dropout_and_mse_match_eager():
     l2 = [float(compiled(x, t)) for x, t in data]
     assert l1 == l2
     assert _max_rel(m1, m2) == 0.0  # Adam's bias correction advanced per replay, dropout masks drawn alike
+    assert compiled.lowered and "= dropout(" in compiled.dump()  # the mask's RNG counters taken as eager takes them
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_lowered_dropout_between_layers_and_in_eval_mode(train):
+    # Dropout after a tanh (not fused into the linear layer), train and eval mode; the global
+    # RNG is shared with other draws in the step (a second dropout), so counters must match.
+    rng = np.random.default_rng(1)
+    data = [(rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 4, 16)) for _ in range(15)]
+
+    def make():
+        model = nn.Sequential(nn.Linear(6, 24, seed=0), nn.Tanh(), nn.Dropout(0.5), nn.Linear(24, 24, seed=1),
+                              nn.ReLU(), nn.Dropout(0.2), nn.Linear(24, 4, seed=2))
+        model.train(train)
+        o = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, yb):
+            loss = F.cross_entropy(model(x), yb)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return model, step
+
+    spad.manual_seed(5)
+    m1, eager = make()
+    l1 = [float(eager(spad.tensor(x), yb)) for x, yb in data]
+    spad.manual_seed(5)
+    m2, step = make()
+    compiled = spad.compile(step)
+    l2 = [float(compiled(x, yb)) for x, yb in data]
+    assert l1 == l2 and _max_rel(m1, m2) == 0.0
+    kernels = compiled.dump().split("lowered:")[1]  # eval mode: the records keep dropout, the kernels do not
+    assert compiled.lowered and ("= dropout(" in kernels) == train
 
 
 def test_conv_step_matches_eager():

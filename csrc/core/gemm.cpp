@@ -74,16 +74,19 @@ static bool use_blas(int64_t M, int64_t N, int64_t K) {
 //   takes them only below 1e6 multiply-adds (and, for the layout of our dx = g @ W^T, only
 //   for outputs of at most 1200 elements). A training batch's products sit just above that:
 //   the digits MLP's 32x256x256 runs at 80-90 GF/s packed and at 106-115 GF/s as column
-//   blocks the small kernels take (benchmarks/bench_gemm_blocks.py: spad's products with the
-//   split on and off; benchmarks/gemm_blocks_grid.c: the grid of raw calls the rule was drawn
-//   from, which must be kept in step with blas_column_block). So with one BLAS thread on such a core (the small kernels are single-threaded;
-//   a threaded call is faster on two cores) gemm splits C's columns into blocks under those
-//   limits. Every element of C is still one K-long product computed by one call, so the
-//   split never mixes partial sums; which kernel computes it depends only on the shape, so
-//   results stay deterministic. Where the measured split loses, it is not made: blocks under
-//   32 columns (nn/tn) and K < 128 for dx (the small kernel's dot products are short), and
-//   wide outputs (N > 512, rows 4 KiB apart and more) unless the blocks stay wide.
-//   SPAD_GEMM_BLOCKS=0 in the environment turns the split off (the benchmark's baseline).
+//   blocks the small kernels take. So with one BLAS thread on such a core (the small kernels
+//   are single-threaded; a threaded call is faster on two cores) gemm splits C's columns into
+//   blocks under those limits. Every element of C is still one K-long product computed by one
+//   call, so the split never mixes partial sums; which kernel computes it depends only on the
+//   shape and the thread count, so results are reproducible run to run (a dx product may
+//   differ in its last bits between one and several BLAS threads, as between BLAS builds).
+//   Where the measured split loses, it is not made: blocks under 32 columns (nn/tn), K < 128
+//   for dx (the small kernel's dot products are short), and wide outputs (N > 512, rows
+//   4 KiB apart and more) unless the blocks stay wide. Measured by
+//   benchmarks/bench_gemm_blocks.py (spad's products with the split on and off) and
+//   benchmarks/gemm_blocks_grid.c (the grid of raw calls the rule was drawn from; keep its
+//   copy of the rule in step with blas_column_block). SPAD_GEMM_BLOCKS=0 in the environment
+//   turns the split off.
 static bool blas_small_kernels() {
     static const bool yes = [] {
         const char *off = std::getenv("SPAD_GEMM_BLOCKS");  // "0": one call per product (to measure)

@@ -74,6 +74,11 @@ Tensor conv2d(const Tensor &x, const Tensor &w, const Tensor &b, std::array<int6
 Tensor max_pool2d(const Tensor &x, int64_t k);   // kernel k, stride k, no padding
 Tensor avg_pool2d(const Tensor &x, int64_t k);
 Tensor dropout(const Tensor &x, double p, bool training);  // inverted; mask from the global RNG
+// Its arithmetic on raw pointers (the lowered replay calls the same loop): o = x * keep / (1 - p)
+// with the keep mask of (seed, counter); dropout_counter(n) takes the counters n elements use
+// from the global RNG, as the op does.
+template <class T> void dropout_kernel(const T *x, T *o, int64_t n, double p, uint64_t seed, uint64_t counter);
+uint64_t dropout_counter(int64_t n);
 
 // helpers shared by op files
 int64_t norm_axis(const char *op, int64_t axis, int64_t ndim);

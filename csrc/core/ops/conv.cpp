@@ -426,24 +426,27 @@ namespace ops {
 // A stream of its own keeps dropout bits apart from sampler draws even for equal counters.
 static constexpr uint32_t kDropoutStream = 0x44524f50u;  // "DROP"
 
+template <class T> void dropout_kernel(const T *px, T *o, int64_t n, double p, uint64_t seed, uint64_t counter) {
+    const T scale = T(1.0 / (1.0 - p));
+    // Element i uses word i%4 of Philox block i/4, exactly as RandomStream::uniform(i),
+    // but each block is computed once instead of four times.
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {
+        const Philox blk(seed, counter + (uint64_t)(i0 >> 2), kDropoutStream);
+        for (int64_t j = 0; j < 4 && i0 + j < n; ++j) {
+            const double u = (blk.out[j] >> 8) * (1.0 / 16777216.0);
+            o[i0 + j] = u >= p ? px[i0 + j] * scale : T(0);
+        }
+    }
+}
+template void dropout_kernel<float>(const float *, float *, int64_t, double, uint64_t, uint64_t);
+template void dropout_kernel<double>(const double *, double *, int64_t, double, uint64_t, uint64_t);
+
+uint64_t dropout_counter(int64_t n) { return next_counter(((uint64_t)n + 3) / 4); }
+
 static Tensor dropout_apply(const Tensor &x, double p, uint64_t seed, uint64_t counter) {
     Tensor xc = contiguous(x);
     Tensor out = empty(x->shape, x->dtype);
-    const int64_t n = x->numel();
-    SPAD_FLOAT(x->dtype, T, {
-        const T *px = xc->data<T>();
-        T *o = out->data<T>();
-        const T scale = T(1.0 / (1.0 - p));
-        // Element i uses word i%4 of Philox block i/4, exactly as RandomStream::uniform(i),
-        // but each block is computed once instead of four times.
-        for (int64_t i0 = 0; i0 < n; i0 += 4) {
-            const Philox blk(seed, counter + (uint64_t)(i0 >> 2), kDropoutStream);
-            for (int64_t j = 0; j < 4 && i0 + j < n; ++j) {
-                const double u = (blk.out[j] >> 8) * (1.0 / 16777216.0);
-                o[i0 + j] = u >= p ? px[i0 + j] * scale : T(0);
-            }
-        }
-    });
+    SPAD_FLOAT(x->dtype, T, { dropout_kernel<T>(xc->data<T>(), out->data<T>(), x->numel(), p, seed, counter); });
     auto node = make_node(OpKind::DROPOUT, {&x});
     if (node) {
         node->at.scalar = p;
@@ -459,7 +462,7 @@ Tensor dropout(const Tensor &x, double p, bool training) {
                shape_str(x->shape));
     if (!training || p == 0.0) return x;
     const uint64_t seed = rng_state().seed;
-    const uint64_t counter = next_counter(((uint64_t)x->numel() + 3) / 4);
+    const uint64_t counter = dropout_counter(x->numel());
     return dropout_apply(x, p, seed, counter);
 }
 }  // namespace ops

@@ -170,6 +170,29 @@ class Lowering {
         return true;
     }
 
+    // ops::dropout: in training mode (and p > 0) a kernel whose mask comes from the global RNG
+    // at this point of the step, as eager; otherwise the op returns its input itself.
+    bool dropout(const Record &r) {
+        const int32_t x = val(r.in[0]);
+        if (!flat_float(x, "the input of dropout")) return false;
+        const double p = r.dbls[0];
+        if (!(p >= 0.0 && p < 1.0)) return fail("a dropout probability outside [0, 1)");  // eager raises
+        if (r.ints[0] == 0 || p == 0.0) {
+            val_of_[(size_t)r.out] = x;
+            return true;
+        }
+        LNode n{NodeKind::DROPOUT};
+        n.a = x;
+        n.p = p;
+        n.rng = (int32_t)n_drop_++;
+        const LVal xv = L_->vals[(size_t)x];
+        n.N = numel_of(xv.shape);
+        n.out = work(xv.shape, xv.dt, xv.rg);
+        val_of_[(size_t)r.out] = n.out;
+        add_node(n);
+        return true;
+    }
+
     bool loss(const Record &r, NodeKind kind) {
         if (L_->loss_node >= 0) return fail("a second loss");
         const int32_t a = val(r.in[0]), c = val(r.in[1]);
@@ -295,6 +318,9 @@ class Lowering {
                 return true;
             }
             case Op::RELU: return forward_ok() && activation(r, Act::RELU);
+            case Op::DROPOUT:
+                if (r.in.size() != 1 || r.ints.size() != 1 || r.dbls.size() != 1) return fail("a malformed record");
+                return forward_ok() && dropout(r);
             case Op::TANH: return forward_ok() && activation(r, Act::TANH);
             case Op::SIGMOID: return forward_ok() && activation(r, Act::SIGMOID);
             case Op::CROSS_ENTROPY: return forward_ok() && loss(r, NodeKind::CROSS_ENTROPY);
@@ -351,6 +377,7 @@ class Lowering {
         L_->grads.resize(L_->params.size());
         place_workspace(seen_backward_);
         L_->packs.resize((size_t)n_packs_);
+        L_->drop_rng.assign((size_t)n_drop_, {0, 0});
         L_->pack_node = std::make_shared<Node>();
         L_->pack_node->op = OpKind::LINEAR;
         L_->ptr.assign(V.size(), nullptr);
@@ -433,7 +460,7 @@ class Lowering {
     LoweredPtr L_;
     std::vector<int32_t> val_of_, uses_, producer_;
     std::vector<int32_t> cleared_, cleared_at_backward_;
-    int32_t n_packs_ = 0;
+    int32_t n_packs_ = 0, n_drop_ = 0;
     bool seen_backward_ = false, dt_set_ = false;
     DType dt_ = DType::F32;
     std::string why_;

@@ -15,14 +15,15 @@
 //   (its backward needs only the output), dW is written by gemm with beta = 0 straight into the
 //   parameter's gradient buffer.
 //
-//   Lowered: linear_chain, linear (2-D weight), relu / tanh / sigmoid, cross_entropy, mse_loss,
+//   Lowered: linear_chain, linear (2-D weight), relu / tanh / sigmoid, dropout (its mask's RNG
+//   counters taken from the global RNG where eager takes them), cross_entropy, mse_loss,
 //   a VIEW of an input (integer labels), backward of the loss, clear_grads, policy switches and
 //   the optimizer records (called with prebuilt argument lists). Under a sampling policy a
 //   linear layer packs its input through the same pack_weight_input() call as eager mode and
 //   its backward reads the payload through sampled_weight_grad() / output_grad_for_dx(), so
 //   sampled steps (RAD, CRS, SPAD...) lower too, with the eager RNG draws and policy clock
 //   (those calls still allocate their payloads). Not lowered (the program replays record by
-//   record, Program::lower_note says why): any other op (conv2d, matmul, dropout, ...), a
+//   record, Program::lower_note says why): any other op (conv2d, matmul, ...), a
 //   value or parameter read by two ops (gradients would accumulate), a gradient not cleared
 //   before backward, grad mode or .grad set inside the step.
 //   Per call, the lowered path is skipped (the records run instead) when grad mode is off, a

@@ -9,6 +9,7 @@
 #include "../gemm.h"
 #include "../ops.h"
 #include "../optim.h"
+#include "../rng.h"
 #include "../sampling/sampling.h"
 #include "../tape.h"
 #include "lower_ir.h"
@@ -207,6 +208,19 @@ template <class T> void mse_backward(const Lowered &L, const LNode &n) {
     for (int64_t i = 0; i < n.N; ++i) o[i] = d[i] * c;
 }
 
+// ops::dropout in training mode: the mask's RNG counters are taken here, as the op takes them.
+template <class T> void dropout_forward(Lowered &L, const LNode &n) {
+    auto &rng = L.drop_rng[(size_t)n.rng];
+    rng = {rng_state().seed, ops::dropout_counter(n.N)};
+    ops::dropout_kernel<T>(at<T>(L, n.a), at<T>(L, n.out), n.N, n.p, rng.first, rng.second);
+}
+
+// backward_DROPOUT: the same mask and scale applied to the output gradient.
+template <class T> void dropout_backward(const Lowered &L, const LNode &n) {
+    const auto &rng = L.drop_rng[(size_t)n.rng];
+    ops::dropout_kernel<T>(grad_of<T>(L, n.out), grad_of<T>(L, n.a), n.N, n.p, rng.first, rng.second);
+}
+
 void release_packs(Lowered &L) {
     for (LPack &pk : L.packs) {
         if (pk.slot.defined()) pk.slot = SavedTensor();
@@ -222,6 +236,7 @@ void forward(Lowered &L, const LNode &n) {
             case NodeKind::ACT: act_forward<T>(n.act, at<T>(L, n.a), at<T>(L, n.out), n.N); break;
             case NodeKind::CROSS_ENTROPY: ce_forward<T>(L, n, L.loss_t->data<T>()); break;
             case NodeKind::MSE: mse_forward<T>(L, n, L.loss_t->data<T>()); break;
+            case NodeKind::DROPOUT: dropout_forward<T>(L, n); break;
         }
     });
 }
@@ -253,6 +268,9 @@ void backward_pass(Lowered &L) {
                     break;
                 case NodeKind::CROSS_ENTROPY: ce_backward<T>(L, n); break;
                 case NodeKind::MSE: mse_backward<T>(L, n); break;
+                case NodeKind::DROPOUT:
+                    if (L.vals[(size_t)n.a].reached) dropout_backward<T>(L, n);
+                    break;
             }
         });
     }
@@ -346,7 +364,7 @@ static std::string where(const Lowered &L, const LNode &n) {
 
 std::string lowered_dump(const Lowered &L) {
     static const char *acts[] = {"", "+relu", "+tanh", "+sigmoid"};
-    static const char *kinds[] = {"linear", "act", "cross_entropy", "mse_loss"};
+    static const char *kinds[] = {"linear", "act", "cross_entropy", "mse_loss", "dropout"};
     std::string s = str("lowered: ", L.nodes.size(), " forward kernels, workspace ", L.ws_bytes, " bytes (placed by liveness), ",
                         L.params.size(), " parameter gradients\n");
     for (size_t k = 0; k < L.nodes.size(); ++k) {

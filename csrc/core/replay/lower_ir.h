@@ -11,7 +11,7 @@ namespace spad {
 namespace replay {
 
 enum class Act : uint8_t { NONE, RELU, TANH, SIGMOID };
-enum class NodeKind : uint8_t { LINEAR, ACT, CROSS_ENTROPY, MSE };
+enum class NodeKind : uint8_t { LINEAR, ACT, CROSS_ENTROPY, MSE, DROPOUT };
 
 // A value of the lowered step: where its data is, and whether a gradient flows into it.
 struct LVal {
@@ -37,6 +37,8 @@ struct LNode {
     int64_t ws0 = 0, ws1 = 0;     // LINEAR: W's strides (a 2-D weight view is allowed if gemm takes it)
     int64_t aux = -1;      // losses: byte offset of the softmax (CE) / residual (MSE) in the workspace
     int32_t pack = -1;     // LINEAR with a weight that requires grad: its slot in Lowered::packs
+    double p = 0;          // DROPOUT: the drop probability
+    int32_t rng = -1;      // DROPOUT: its slot in Lowered::drop_rng
 };
 
 // What a linear layer saves for dW while a sampling policy is active: the payload eager
@@ -60,6 +62,7 @@ struct Lowered {
     std::vector<LNode> nodes;
     std::vector<LAction> actions;
     std::vector<LPack> packs;         // per linear layer with a weight that requires grad
+    std::vector<std::pair<uint64_t, uint64_t>> drop_rng;  // per dropout: this step's (seed, counter)
     std::shared_ptr<Node> pack_node;  // the LINEAR node the sampling calls name in messages
     std::vector<Tensor> params;       // CONSTs that receive a gradient from the lowered backward
     std::vector<Tensor> grads;        // their persistent gradient tensors (made on first use)
