@@ -113,6 +113,35 @@ def test_adam_dropout_and_mse_match_eager():
     assert compiled.lowered and "= dropout(" in compiled.dump()  # the mask's RNG counters taken as eager takes them
 
 
+@pytest.mark.parametrize("training,p", [(False, 0.5), (True, 0.0)])
+def test_identity_dropout_does_not_let_an_activation_fuse_over_another_reader(training, p):
+    # dropout(y) in eval mode or with p = 0 is y itself: a relu on it must not be fused in place
+    # into y's linear layer while a sigmoid still reads y.
+    rng = np.random.default_rng(0)
+    wf0 = rng.standard_normal((6, 8)).astype(np.float32)
+    w20 = (rng.standard_normal((8, 8)) * 0.3).astype(np.float32)
+    data = [rng.standard_normal((4, 6)).astype(np.float32) for _ in range(4)]
+
+    def make():
+        wf, w2 = spad.tensor(wf0.copy()), spad.tensor(w20.copy(), requires_grad=True)
+        o = optim.SGD([w2], lr=0.1)
+
+        def step(x):
+            yv = F.linear(x, wf, None)
+            target = F.sigmoid(yv)
+            loss = F.mse_loss(F.linear(F.relu(F.dropout(yv, p, training)), w2, None), target)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return step
+
+    eager, compiled = make(), spad.compile(make())
+    assert [float(eager(spad.tensor(x))) for x in data] == [float(compiled(x)) for x in data]
+    assert compiled.lowered
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_lowered_dropout_between_layers_and_in_eval_mode(train):
     # Dropout after a tanh (not fused into the linear layer), train and eval mode; the global
@@ -361,6 +390,25 @@ def test_policy_step_saved_with_its_state_continues_like_the_original(digits, tm
     assert pol.step == 12
 
 
+def test_loaded_sampler_state_is_not_counted_as_tape(digits, tmp_path):
+    # The distribution a SPAD site follows is persistent sampler state, like the one the
+    # sampler makes itself: a loaded copy's step counts the same tape bytes as the original's.
+    X, y = digits
+    _, step = _mlp_step((64, 32, 10), policy=S.SPAD(keep=0.3, refresh=3, seed=6, paths="scored"))
+    compiled = spad.compile(step)
+    batches = list(_batches(X, y, 5, seed=4))
+    for xb, yb in batches[:4]:
+        compiled(xb, yb)
+    compiled.save(tmp_path / "s.plan")
+    loaded = spad._core._load_program(str(tmp_path / "s.plan"))
+    peaks = []
+    for run in (lambda: compiled(*batches[4]), lambda: loaded.run(batches[4])):
+        spad.reset_peak_memory_stats()
+        run()
+        peaks.append(spad.memory_stats()["peak_tape_bytes"])
+    assert peaks[0] == peaks[1] > 0
+
+
 def test_plan_of_format_1_is_still_read(digits, tmp_path):
     # Version 2 appended the policy section (a step without policies: one u32 0).
     X, y = digits
@@ -407,6 +455,36 @@ def test_plan_reader_rejects_bad_policy_state(digits, tmp_path):
         p2.write_bytes(bytes(bad))
         with pytest.raises(ValueError, match=msg):
             spad._core._load_program(str(p2))
+    # a SPAD variant the constructor never makes: top-k paths scored from their own samples
+    # (its sites would have no scores to follow)
+    bad = bytearray(raw)
+    bad[cfg0 + 1] = int(spad._core.Estimator.SPAD_TOPK.value)
+    p2 = tmp_path / "bad.plan"
+    p2.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="never makes"):
+        spad._core._load_program(str(p2))
+    # a site whose settings are not its policy's (here: another seed)
+    bad = bytearray(raw)
+    site_seed = raw.index(seed, at + 8)
+    bad[site_seed] ^= 1
+    p2.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="other than its policy"):
+        spad._core._load_program(str(p2))
+    # accumulated steps without their accumulators: rebuild the first site with an empty list
+    h = site_seed + 8 + 8  # after the site's seed and block: features n, then the f64 lists
+    n = int.from_bytes(raw[h:h + 8], "little", signed=True)
+    pos = h + 8
+    lists = []
+    for _ in range(4):  # scores, distribution, stale norms, accumulators
+        c = int.from_bytes(raw[pos:pos + 8], "little")
+        lists.append((pos, c))
+        pos += 8 + 8 * c
+    acc_pos, acc_n = lists[3]
+    bad = raw[:acc_pos] + bytes(8) + (3).to_bytes(8, "little") + raw[pos + 8:]  # acc = [], acc_steps = 3
+    p2.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="inconsistent state"):
+        spad._core._load_program(str(p2))
+    assert n > 0 and acc_n in (0, n)
     for cut in range(len(raw) - 40, len(raw), 3):  # truncated inside the policy section
         p2 = tmp_path / "cut.plan"
         p2.write_bytes(raw[:cut])

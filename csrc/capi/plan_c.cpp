@@ -1,4 +1,5 @@
 // plan_c.cpp — training from a saved compiled step (spad_plan_*; format docs/plan_format.md).
+#include "../core/memory.h"
 #include "../core/replay/plan.h"
 #include "../core/replay/plan_file.h"
 #include "capi_internal.h"
@@ -24,7 +25,13 @@ spad_status spad_plan_load(spad_ctx_t *ctx, const char *path, spad_plan_t **out)
                                              " bytes (arena plan ", pl.arena_bytes, " bytes); the context's step arena "
                                              "holds ", ctx->step->capacity()));
         // Parameters, optimizer state and the policies' per-site tensors outlive every step.
-        spad::replay::move_program_state(*p->prog, [&](const spad::Tensor &c) { make_persistent(ctx, c); });
+        // (make_persistent copies the data into a new storage: its memory category goes along,
+        // so parameters and the sampler's distributions are not counted as tape.)
+        spad::replay::move_program_state(*p->prog, [&](const spad::Tensor &c) {
+            const spad::MemCategory cat = spad::effective_category(*c->storage);
+            make_persistent(ctx, c);
+            if (cat != spad::MemCategory::TAPE) spad::set_category(*c->storage, cat);
+        });
         for (const spad::Tensor &c : p->prog->consts)
             if (c && c->requires_grad) p->params.push_back(c);
         *out = p.release();

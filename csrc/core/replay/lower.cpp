@@ -178,7 +178,10 @@ class Lowering {
         const double p = r.dbls[0];
         if (!(p >= 0.0 && p < 1.0)) return fail("a dropout probability outside [0, 1)");  // eager raises
         if (r.ints[0] == 0 || p == 0.0) {
+            // The output is the input value itself: its readers and the input's other readers
+            // read one value, so an activation fused in place must see all of them.
             val_of_[(size_t)r.out] = x;
+            uses_[(size_t)r.out] += uses_[(size_t)r.in[0]] - 1;
             return true;
         }
         LNode n{NodeKind::DROPOUT};

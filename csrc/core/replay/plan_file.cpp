@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../arena.h"
 #include "../sampling/sampling.h"
 #include "plan.h"
 #include "plan_file.h"
@@ -182,6 +183,13 @@ PolicyConfig get_cfg(Reader &r) {
     c.ema = r.get<double>("ema");
     c.seed = r.get<uint64_t>("seed");
     c.block = r.get<int64_t>("block");
+    // SPAD's variants as spad.sampling.SPAD makes them: top-k (biased) scores exactly, the
+    // magnitude paths from their own samples, the scored paths either way.
+    const bool spad_ok = c.kind != PolicyKind::SPAD ||
+                         (e == E::SPAD_TOPK ? !c.unbiased && !c.sampled_scores
+                                            : c.unbiased && (e == E::SPAD || c.sampled_scores));
+    SPAD_CHECK(spad_ok, ValueError, "plan file ", r.path, ": a SPAD estimator ", (int)est,
+               " with flags the SPAD constructor never makes");
     SPAD_CHECK(c.keep > 0 && c.keep <= 1 && c.deterministic >= 0 && c.deterministic <= 1 && c.refresh >= 1 &&
                    c.mix >= 0 && c.mix <= 1 && c.ema >= 0 && c.ema < 1 && flags < 8 &&
                    (c.block == 1 || (c.block > 0 && c.block % 8 == 0)),
@@ -264,6 +272,14 @@ void get_policies(Reader &r, Program &P) {
             const Storage *key = weight_slot("site slot");
             auto site = std::make_shared<SiteState>();
             site->cfg = get_cfg(r);
+            // A site copies its policy's settings when made (keep may be a site override).
+            const PolicyConfig &pc = p->cfg, &sc = site->cfg;
+            SPAD_CHECK(sc.kind == pc.kind && sc.estimator == pc.estimator && sc.unbiased == pc.unbiased &&
+                           sc.sampled_scores == pc.sampled_scores && sc.everywhere == pc.everywhere &&
+                           sc.refresh == pc.refresh && sc.mix == pc.mix && sc.ema == pc.ema && sc.seed == pc.seed &&
+                           sc.block == pc.block && sc.deterministic == pc.deterministic,
+                       ValueError, "plan file ", r.path, ": site ", j, " of policy ", k,
+                       " has settings other than its policy's");
             site->n = r.get<int64_t>("site features");
             site->score = get_doubles(r, "site scores");
             std::vector<double> q = get_doubles(r, "site distribution");
@@ -274,11 +290,14 @@ void get_policies(Reader &r, Program &P) {
             // The samplers index these by feature (score, q, acc) or by batch row (dy_norm):
             // a feature vector must be empty or exactly n long.
             auto fits = [&](size_t m) { return m == 0 || m == (size_t)site->n; };
+            // Accumulated steps are divided into the accumulators at the next refresh.
             SPAD_CHECK(site->n > 0 && fits(site->score.size()) && fits(q.size()) && fits(site->acc.size()) &&
-                           site->acc_steps >= 0,
+                           site->acc_steps >= 0 && (site->acc_steps == 0 || site->acc.size() == (size_t)site->n),
                        ValueError, "plan file ", r.path, ": site ", j, " of policy ", k, " has inconsistent state");
-            if (!q.empty()) {
+            if (!q.empty()) {  // as the sampler makes it (sampling/linear.cpp, q_of): persistent state
+                spad::ArenaScope persistent(persistent_arena());
                 site->q = empty({site->n}, DType::F64);
+                site->q->storage->is_param = true;
                 std::copy(q.begin(), q.end(), site->q->data<double>());
             }
             p->sites[key] = std::move(site);

@@ -525,7 +525,9 @@ static std::unique_ptr<WeightPayload> pack_shared_columns(Policy &pol, SiteState
         p->rs = reserve(pol, (uint64_t)k);
         for (int64_t s = 0; s < k; ++s) idx[s] = p->rs.below((uint64_t)s, (uint32_t)n);
         p->scale = (double)n / (double)k;
-    } else {  // SPAD_TOPK
+    } else {  // SPAD_TOPK (its first pass through a site is an exact scoring pass)
+        SPAD_CHECK((int64_t)site.score.size() == n, RuntimeError, "SPAD(unbiased=False): the site of ", n,
+                   " features has ", site.score.size(), " scores; it follows scores from exact passes");
         std::vector<int64_t> order(n);
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return site.score[a] > site.score[b]; });
