@@ -26,6 +26,15 @@ def torch():
     return pytest.importorskip("torch")
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled digits training split: float32 features (contiguous) and int labels."""
+    from spad.datasets import digits_split
+
+    X, y, _, _ = digits_split()
+    return np.ascontiguousarray(X, dtype=np.float32), y
+
+
 @pytest.fixture(autouse=True)
 def _grad_mode_restored():
     """A test that fails inside no_grad() must not leave recording off for the next one."""

@@ -27,8 +27,8 @@
 //   value or parameter read by two ops (gradients would accumulate), a gradient not cleared
 //   before backward, grad mode or .grad set inside the step.
 //   Per call, the lowered path is skipped (the records run instead) when grad mode is off, a
-//   gradient-complete hook exists (optimizers in backward), or an input requires grad or is
-//   not contiguous.
+//   parameter of the step has a gradient-complete hook (optimizers in backward), or an input
+//   requires grad or is not contiguous.
 #pragma once
 #include <memory>
 #include <string>

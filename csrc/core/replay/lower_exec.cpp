@@ -308,9 +308,14 @@ void run_actions(Lowered &L, Program &P) {
 
 }  // namespace
 
-bool lowered_applies(const Lowered &, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
+bool lowered_applies(const Lowered &L, const Program &, const std::vector<Tensor> &inputs, const char *&why) {
     if (!grad_enabled()) return why = "grad mode is off", false;
-    if (any_grad_complete_hooks()) return why = "a gradient-complete hook is set (optimizer in backward)", false;
+    // Only this step's parameters matter; the registry may still hold entries of leaves that
+    // died (it drops them lazily), which must not keep every later step off the lowered path.
+    if (any_grad_complete_hooks())
+        for (const Tensor &p : L.params)
+            if (has_grad_complete_hook(p))
+                return why = "a parameter has a gradient-complete hook (optimizer in backward)", false;
     for (const Tensor &t : inputs)
         if (t->requires_grad || !t->is_contiguous()) return why = "an input requires grad or is strided", false;
     return true;
