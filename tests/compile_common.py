@@ -40,3 +40,14 @@ def _batches(X, y, n, batch=32, seed=0):
 def _max_rel(m1, m2):
     return max(float(np.abs(a.numpy() - b.numpy()).max() / max(np.abs(a.numpy()).max(), 1e-30))
                for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def _train_step(model, o, loss=F.cross_entropy):
+    def step(x, yb):
+        out = loss(model(x), yb)
+        o.zero_grad()
+        out.backward()
+        o.step()
+        return out
+
+    return step

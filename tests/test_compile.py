@@ -14,7 +14,7 @@ import spad.functional as F
 import spad.nn as nn
 import spad.optim as optim
 import spad.sampling as S
-from compile_common import _batches, _max_rel, _mlp_step
+from compile_common import _batches, _max_rel, _mlp_step, _train_step
 
 
 POLICIES = {"exact": lambda: None, "rad0.1": lambda: S.RAD(keep=0.1, seed=3),
@@ -115,16 +115,7 @@ def test_lowered_dropout_between_layers_and_in_eval_mode(train):
         model = nn.Sequential(nn.Linear(6, 24, seed=0), nn.Tanh(), nn.Dropout(0.5), nn.Linear(24, 24, seed=1),
                               nn.ReLU(), nn.Dropout(0.2), nn.Linear(24, 4, seed=2))
         model.train(train)
-        o = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x, yb):
-            loss = F.cross_entropy(model(x), yb)
-            o.zero_grad()
-            loss.backward()
-            o.step()
-            return loss
-
-        return model, step
+        return model, _train_step(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
 
     spad.manual_seed(5)
     m1, eager = make()
@@ -143,16 +134,7 @@ def test_conv_step_matches_eager():
 
     def make():
         model = nn.Sequential(nn.Conv2d(1, 4, 3, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5, seed=1))
-        o = optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-
-        def step(x, y):
-            loss = F.cross_entropy(model(x), y)
-            o.zero_grad()
-            loss.backward()
-            o.step()
-            return loss
-
-        return model, step
+        return model, _train_step(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.5))
 
     m1, eager = make()
     m2, step = make()
@@ -317,17 +299,6 @@ def test_step_returning_none_compiles_and_replays(digits):
 
 
 # ---- lowered execution (csrc/core/replay/lower.h) ----
-
-def _train_step(model, o, loss=F.cross_entropy):
-    def step(x, yb):
-        out = loss(model(x), yb)
-        o.zero_grad()
-        out.backward()
-        o.step()
-        return out
-
-    return step
-
 
 def _params_equal(m1, m2):
     return all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(m1.parameters(), m2.parameters()))

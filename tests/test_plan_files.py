@@ -10,6 +10,17 @@ import spad.sampling as S
 from compile_common import _batches, _max_rel, _mlp_step
 
 
+def _saved_plan(digits, path, steps=1, sizes=(64, 8, 10), policy=None):
+    """A compiled MLP step run `steps` times on digits batches and saved to `path`."""
+    X, y = digits
+    _, step = _mlp_step(sizes, policy=policy)
+    compiled = spad.compile(step)
+    for xb, yb in _batches(X, y, steps):
+        compiled(xb, yb)
+    compiled.save(path)
+    return compiled
+
+
 def test_saved_plan_replays_like_the_original(digits, tmp_path):
     X, y = digits
     m1, step = _mlp_step()
@@ -29,12 +40,8 @@ def test_saved_plan_replays_like_the_original(digits, tmp_path):
 
 
 def test_plan_reader_rejects_bad_files(digits, tmp_path):
-    X, y = digits
-    _, step = _mlp_step((64, 8, 10))
-    compiled = spad.compile(step)
-    compiled(*next(_batches(X, y, 1)))
     good = tmp_path / "good.plan"
-    compiled.save(good)
+    _saved_plan(digits, good)
     data = good.read_bytes()
     cases = {"magic": b"XXXX" + data[4:], "truncated": data[: len(data) // 2], "trailing": data + b"\0",
              "huge count": data[:24] + (2**31).to_bytes(4, "little") + data[28:]}
@@ -106,12 +113,8 @@ def test_loaded_sampler_state_is_not_counted_as_tape(digits, tmp_path):
 
 def test_plan_of_format_1_is_still_read(digits, tmp_path):
     # Version 2 appended the policy section (a step without policies: one u32 0).
-    X, y = digits
-    _, step = _mlp_step((64, 8, 10))
-    compiled = spad.compile(step)
-    compiled(*next(_batches(X, y, 1)))
     path = tmp_path / "v2.plan"
-    compiled.save(path)
+    compiled = _saved_plan(digits, path)
     raw = bytearray(path.read_bytes())
     assert raw[8:12] == (2).to_bytes(4, "little") and raw[-4:] == bytes(4)
     raw[8:12] = (1).to_bytes(4, "little")
@@ -125,14 +128,9 @@ def test_plan_of_format_1_is_still_read(digits, tmp_path):
 
 
 def test_plan_reader_rejects_bad_policy_state(digits, tmp_path):
-    X, y = digits
     pol = S.SPAD(keep=0.3, refresh=2, seed=0x5EED_0123_4567_89AB)  # bytes found nowhere else in the file
-    _, step = _mlp_step((64, 8, 10), policy=pol)
-    compiled = spad.compile(step)
-    for xb, yb in _batches(X, y, 3):
-        compiled(xb, yb)
     path = tmp_path / "p.plan"
-    compiled.save(path)
+    _saved_plan(digits, path, steps=3, policy=pol)
     raw = path.read_bytes()
     # find the policy's configuration through its seed and break the settings around it
     seed = int(pol.seed).to_bytes(8, "little")

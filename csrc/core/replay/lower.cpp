@@ -161,6 +161,11 @@ class Lowering {
         }
         LNode n{NodeKind::ACT};
         n.act = act;
+        return elementwise(r, n, x);
+    }
+
+    // A node of n's kind on every element of value x, writing a new value of x's shape.
+    bool elementwise(const Record &r, LNode n, int32_t x) {
         n.a = x;
         const LVal xv = L_->vals[(size_t)x];
         n.N = numel_of(xv.shape);
@@ -185,15 +190,9 @@ class Lowering {
             return true;
         }
         LNode n{NodeKind::DROPOUT};
-        n.a = x;
         n.p = p;
         n.rng = (int32_t)n_drop_++;
-        const LVal xv = L_->vals[(size_t)x];
-        n.N = numel_of(xv.shape);
-        n.out = work(xv.shape, xv.dt, xv.rg);
-        val_of_[(size_t)r.out] = n.out;
-        add_node(n);
-        return true;
+        return elementwise(r, n, x);
     }
 
     bool loss(const Record &r, NodeKind kind) {
