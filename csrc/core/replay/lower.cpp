@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "lower_ir.h"
+#include "plan.h"
 
 namespace spad {
 namespace replay {
@@ -12,7 +13,6 @@ void LoweredDeleter::operator()(Lowered *l) const { delete l; }
 
 namespace {
 
-constexpr int64_t kAlign = 64;
 const Tensor kNullTensor;  // a CALL argument that was None
 
 class Lowering {
@@ -431,31 +431,20 @@ class Lowering {
                 bufs.push_back({bytes, g0, g1, &v.goff});
             }
         }
-        // First fit, largest first: each buffer at the lowest aligned offset clear of every
-        // placed buffer whose life overlaps its own.
-        std::vector<size_t> order(bufs.size());
-        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return bufs[a].bytes > bufs[b].bytes; });
-        std::vector<size_t> placed;
-        size_t top = 0;
-        for (size_t i : order) {
-            Buf &b = bufs[i];
-            const int64_t sz = (b.bytes + kAlign - 1) / kAlign * kAlign;
-            std::vector<std::pair<int64_t, int64_t>> busy;
-            for (size_t j : placed)
-                if (bufs[j].t0 <= b.t1 && b.t0 <= bufs[j].t1)
-                    busy.push_back({*bufs[j].off, *bufs[j].off + (bufs[j].bytes + kAlign - 1) / kAlign * kAlign});
-            std::sort(busy.begin(), busy.end());
-            int64_t at = 0;
-            for (const auto &r : busy) {
-                if (at + sz <= r.first) break;
-                at = std::max(at, r.second);
-            }
-            *b.off = at;
-            placed.push_back(i);
-            top = std::max(top, (size_t)(at + sz));
+        // The arena planner of recorded steps (plan.h) places them, fed in allocation order
+        // with inclusive lives [t0, t1] as half-open [2 t0, 2 t1 + 1): no free shares a
+        // time with an allocation.
+        std::stable_sort(bufs.begin(), bufs.end(), [](const Buf &a, const Buf &b) { return a.t0 < b.t0; });
+        ArenaPlan plan;
+        plan.inline_bytes = 0;
+        for (const Buf &b : bufs) {
+            plan.sizes.push_back((uint64_t)b.bytes);
+            plan.alloc_t.push_back(2 * b.t0);
+            plan.free_t.push_back(2 * b.t1 + 1);
         }
-        L_->ws_bytes = top;
+        plan.solve();
+        for (size_t k = 0; k < bufs.size(); ++k) *bufs[k].off = plan.offsets[k];
+        L_->ws_bytes = (size_t)plan.arena_bytes;
     }
 
     const Program &P_;

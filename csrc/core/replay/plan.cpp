@@ -113,7 +113,7 @@ void ArenaPlan::solve() {
         if (e.alloc) {
             live += sizes[e.k];
             eager_peak_bytes = std::max(eager_peak_bytes, live);
-            if (free_t[e.k] < 0 || sizes[e.k] <= Storage::kSmall) continue;  // survives the step, or inline
+            if (free_t[e.k] < 0 || sizes[e.k] <= inline_bytes) continue;  // survives the step, or inline
             // Best fit: the smallest free block that holds it; else grow the arena (reusing a
             // free block that ends at the top, as ggml-alloc does).
             int best = -1;

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "../tensor.h"
+
 namespace spad {
 namespace replay {
 
@@ -31,6 +33,9 @@ struct ArenaPlan {
     uint64_t arena_bytes = 0;        // the plan's arena size
     uint64_t eager_peak_bytes = 0;   // peak of the traced bytes live at once during recording
     uint64_t heap_bytes = 0;         // traced bytes still alive at the end (left on the heap)
+    // Buffers up to this size are not planned (offset -1): traced tensors that small live
+    // inside their Storage. 0 plans every buffer (the lowered step's workspace, lower.cpp).
+    uint64_t inline_bytes = Storage::kSmall;
 
     // Offsets by greedy best fit over the traced lifetimes; fills conflicts and arena_bytes.
     void solve();
